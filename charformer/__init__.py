@@ -1,0 +1,14 @@
+"""charformer: a character-level transformer written from scratch.
+
+Modules, in reading order: `vocab` (characters <-> ids), `model` (the transformer), `attention` (one entry point
+for every attention implementation), `generate` (sampling with a KV cache), `data` (corpora and batches),
+`objectives` (what a model is trained to predict), `train` (the one training loop), `checkpoint` (safetensors +
+JSON), `cli` and `runlog` (plumbing), `sample` (command-line sampling).
+"""
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .errors import CharformerError
+from .model import CharTransformer, ModelConfig
+from .vocab import CharVocab
+
+__all__ = ["CharTransformer", "ModelConfig", "CharVocab", "CharformerError", "load_checkpoint", "save_checkpoint"]

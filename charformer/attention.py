@@ -1,0 +1,87 @@
+"""One entry point for scaled dot-product attention, with interchangeable implementations.
+
+Every implementation follows the masking convention of `kernels.reference` (queries aligned to the end of the
+keys, per-sequence key lengths, optional sliding window; rows with no visible key output zeros):
+
+* ``"naive"``: the explicit ``softmax(q k^T / sqrt(D)) v`` of `kernels.reference`, the readable spec. O(T^2) memory.
+* ``"fused_softmax"``: the same matmuls around the Triton fused softmax kernel (`kernels.softmax`).
+* ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention`` (PyTorch picks a flash / memory-efficient /
+  math backend).
+* ``"triton"``: our FlashAttention-2 kernel (`kernels.flash_attention`). On a machine without a GPU it runs only
+  under the Triton interpreter (``TRITON_INTERPRET=1`` set before import), which is slow and meant for tests.
+* ``"auto"``: ``"triton"`` on CUDA tensors, ``"sdpa"`` elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from kernels.reference import attention_reference, visible_keys
+
+ATTN_IMPLS = ("auto", "sdpa", "naive", "fused_softmax", "triton")
+
+
+def resolve_impl(impl: str, device: torch.device) -> str:
+    """Turn ``"auto"`` into a concrete implementation for `device`; raise ValueError on an unknown name or on
+    a Triton implementation that cannot run here."""
+    if impl not in ATTN_IMPLS:
+        raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {impl!r}")
+    if impl == "auto":
+        return "triton" if device.type == "cuda" else "sdpa"
+    if impl in ("triton", "fused_softmax") and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(
+            f"attn_impl={impl!r} needs a CUDA device, or TRITON_INTERPRET=1 set before start-up to run the Triton "
+            "kernels on the CPU (slow; for testing)"
+        )
+    return impl
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool,
+    key_lengths: torch.Tensor | None = None,
+    window: int | None = None,
+    impl: str = "sdpa",
+) -> torch.Tensor:
+    """Multi-head attention core. q ``(B, H, Tq, D)``, k/v ``(B, H, Tk, D)``, Tq <= Tk; key_lengths ``(B,)``
+    int or None. Returns ``(B, H, Tq, D)`` in q's dtype. Scale is ``1/sqrt(D)``."""
+    impl = resolve_impl(impl, q.device)
+    if impl == "naive":
+        return attention_reference(q, k, v, causal=causal, key_lengths=key_lengths, window=window)[0]
+    if impl == "triton":
+        from kernels.flash_attention import flash_attention
+
+        return flash_attention(q, k, v, causal=causal, key_lengths=key_lengths, window=window)
+    if impl == "fused_softmax":
+        return _fused_softmax_attention(q, k, v, causal=causal, key_lengths=key_lengths, window=window)
+    return _sdpa(q, k, v, causal=causal, key_lengths=key_lengths, window=window)
+
+
+def _sdpa(q, k, v, *, causal, key_lengths, window):
+    tq, tk = q.shape[-2], k.shape[-2]
+    if key_lengths is None and window is None and (not causal or tq == tk):
+        # The common training case: let PyTorch use its fused kernels with no mask tensor at all.
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    mask = visible_keys(tq, tk, causal=causal, key_lengths=key_lengths, window=window, device=q.device)
+    has_key = mask.any(dim=-1, keepdim=True)  # (B|1, 1, Tq, 1)
+    # A row with no visible key would be 0/0 = NaN inside SDPA, and NaN poisons the backward pass even where the
+    # output is discarded; so such rows attend to everything and are then zeroed.
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~has_key)
+    return out.masked_fill(~has_key, 0.0)
+
+
+def _fused_softmax_attention(q, k, v, *, causal, key_lengths, window):
+    from kernels.softmax import fused_softmax
+
+    scores = q @ k.transpose(-2, -1)  # (B, H, Tq, Tk)
+    if key_lengths is not None or window is not None:
+        mask = visible_keys(q.shape[-2], k.shape[-2], causal=causal, key_lengths=key_lengths, window=window, device=q.device)
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = fused_softmax(scores, scale=q.shape[-1] ** -0.5, causal=causal)
+    return probs @ v

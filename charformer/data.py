@@ -1,0 +1,116 @@
+"""Reading text corpora and drawing training batches of characters.
+
+A corpus is one or more UTF-8 files (or folders of them). It is decoded with a precise error on bad bytes,
+encoded once into a numpy array of ids (uint16 when the vocabulary fits, else uint32), and split into train and
+validation parts: a separate validation file, or the last `val_fraction` of the text (as nanoGPT splits Tiny
+Shakespeare, so bits-per-character figures compare). Training draws random windows of ``block_size + 1``
+characters (inputs and next-character targets, nanoGPT style); evaluation walks the whole validation text in
+consecutive windows so that every character is scored exactly once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .errors import CharformerError
+from .vocab import CharVocab
+
+IGNORE_INDEX = -100  # target value that cross-entropy skips (padding, unmasked positions in MLM)
+
+
+def read_text(path: str | Path) -> str:
+    """Read a UTF-8 text file (a leading BOM is dropped). Line endings are kept as they are.
+
+    Raises CharformerError naming the file, the byte offset and the line of the first invalid byte, or if the
+    file does not exist.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CharformerError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CharformerError(f"{path}: is a directory, expected a text file") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise CharformerError(
+            f"{path}: not valid UTF-8 at byte offset {e.start} (line {line}): {e.reason}"
+        ) from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def collect_files(paths: Sequence[str | Path]) -> list[Path]:
+    """Expand files and folders (recursively, sorted, hidden files skipped) into a list of files.
+
+    Raises CharformerError for a missing path or a folder with no files.
+    """
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_file():
+            files.append(p)
+        elif p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            if not found:
+                raise CharformerError(f"{p}: folder contains no files")
+            files.extend(found)
+        else:
+            raise CharformerError(f"{p}: no such file or folder")
+    return files
+
+
+def read_corpus(paths: Sequence[str | Path]) -> str:
+    """Concatenate the text of all files under `paths`, with a newline between files that lack one."""
+    parts = []
+    for f in collect_files(paths):
+        text = read_text(f)
+        parts.append(text if text.endswith("\n") or not text else text + "\n")
+    return "".join(parts)
+
+
+def encode_array(vocab: CharVocab, text: str) -> np.ndarray:
+    """Encode text to a 1-D id array, uint16 if every id fits, else uint32."""
+    dtype = np.uint16 if len(vocab) <= 2**16 else np.uint32
+    return np.array(vocab.encode(text), dtype=dtype)
+
+
+def split_corpus(text: str, val_fraction: float) -> tuple[str, str]:
+    """Split off the last `val_fraction` of the characters as validation text."""
+    if not 0 < val_fraction < 1:
+        raise CharformerError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    cut = int(len(text) * (1 - val_fraction))
+    return text[:cut], text[cut:]
+
+
+def random_windows(
+    tokens: np.ndarray, block_size: int, batch_size: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw `batch_size` random windows: inputs x and next-character targets y, both ``(batch_size, block_size)``
+    int64. Uses `generator` only, so a restored generator state reproduces the same batches."""
+    if len(tokens) < block_size + 1:
+        raise CharformerError(f"text of {len(tokens)} characters is shorter than one block of {block_size + 1}")
+    starts = torch.randint(len(tokens) - block_size, (batch_size,), generator=generator).tolist()
+    x = torch.from_numpy(np.stack([tokens[s : s + block_size] for s in starts]).astype(np.int64))
+    y = torch.from_numpy(np.stack([tokens[s + 1 : s + 1 + block_size] for s in starts]).astype(np.int64))
+    return x, y
+
+
+def sequential_windows(tokens: np.ndarray, block_size: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Cover the whole text in consecutive windows, so each of the ``len(tokens) - 1`` targets is scored
+    exactly once. The last window may be short: its missing targets are `IGNORE_INDEX` (inputs padded with 0).
+    Yields (x, y), each ``(<= batch_size, block_size)`` int64."""
+    n_targets = len(tokens) - 1
+    starts = list(range(0, n_targets, block_size))
+    for i in range(0, len(starts), batch_size):
+        x = torch.zeros(len(starts[i : i + batch_size]), block_size, dtype=torch.int64)
+        y = torch.full_like(x, IGNORE_INDEX)
+        for row, s in enumerate(starts[i : i + batch_size]):
+            n = min(block_size, n_targets - s)
+            x[row, :n] = torch.from_numpy(tokens[s : s + n].astype(np.int64))
+            y[row, :n] = torch.from_numpy(tokens[s + 1 : s + 1 + n].astype(np.int64))
+        yield x, y

@@ -1,0 +1,90 @@
+"""Autoregressive sampling from a causal `CharTransformer`, with a KV cache.
+
+Each step feeds only the newest character and reuses the keys/values of earlier ones (`KVCache`), so a step
+costs O(T) instead of re-running the whole context. The cache covers `block_size` positions; once the context
+is longer, the model sees a sliding window of the last `block_size` characters, which cached decoding must
+recompute (the hidden states of every kept character change when the oldest one leaves). Cached and uncached
+decoding therefore compute the same logits at every step (`tests/test_generate.py`).
+
+Sampling follows the usual recipe: divide logits by the temperature, keep the top-k, then the smallest set
+whose probability reaches top-p (nucleus sampling, Holtzman et al. 2020), and draw from a seeded generator.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .model import CharTransformer, KVCache
+
+
+def filter_logits(logits: torch.Tensor, *, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Set to -inf every logit outside the top-k and outside the top-p nucleus. logits: ``(B, V)`` float."""
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop a token when the tokens ranked above it already reach top_p; the top token always stays.
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+@torch.no_grad()
+def generate(
+    model: CharTransformer,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    eos_id: int | None = None,
+    use_cache: bool = True,
+    return_logits: bool = False,
+):
+    """Continue each sequence of prompt ids idx ``(B, T0)`` (int64, T0 >= 1) by up to `max_new_tokens`.
+
+    temperature 0 means greedy decoding. Stops early once every sequence has produced `eos_id`.
+    Returns the ids ``(B, T0 + n)``; with `return_logits`, also the list of next-token logits ``(B, V)`` of
+    each step (before temperature and filtering), which is how the tests compare cached and uncached decoding.
+    Raises ValueError for a bidirectional model.
+    """
+    if not model.cfg.causal:
+        raise ValueError("generation needs a causal model (causal=True)")
+    model.eval()
+    block = model.cfg.block_size
+    gen = torch.Generator(device=idx.device)
+    if seed is not None:
+        gen.manual_seed(seed)
+    else:
+        gen.seed()
+    cache, all_logits = None, []
+    finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+    for _ in range(max_new_tokens):
+        if not use_cache:
+            logits = model(idx[:, -block:])[:, -1]
+        else:
+            if cache is None or cache.length >= block:
+                # First step, or the cache is full: (re)fill it with the last block_size characters.
+                cache = KVCache(model.cfg, idx.shape[0], block, idx.device, model.tok_emb.weight.dtype)
+                logits = model(idx[:, -block:], cache=cache)[:, -1]
+            else:
+                logits = model(idx[:, -1:], cache=cache)[:, -1]
+        logits = logits.float()
+        all_logits.append(logits)
+        if temperature == 0:
+            next_id = logits.argmax(-1, keepdim=True)
+        else:
+            probs = filter_logits(logits / temperature, top_k=top_k, top_p=top_p).softmax(-1)
+            next_id = torch.multinomial(probs, 1, generator=gen)
+        if eos_id is not None:
+            next_id = next_id.masked_fill(finished[:, None], eos_id)
+            finished |= next_id[:, 0] == eos_id
+        idx = torch.cat([idx, next_id], dim=1)
+        if eos_id is not None and finished.all():
+            break
+    return (idx, all_logits) if return_logits else idx

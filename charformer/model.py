@@ -1,0 +1,247 @@
+"""A character-level transformer: pre-norm blocks, rotary positions, tied input/output embeddings.
+
+The architecture is the GPT-2 / nanoGPT decoder (Radford et al. 2019) with three modern changes found in
+LLaMA-style models: rotary position embeddings (RoPE, Su et al. 2021) instead of learned positions, RMSNorm
+(Zhang & Sennrich 2019) as the default normalisation, and no biases. ``causal=True`` gives a language model
+for generation; ``causal=False`` gives a bidirectional encoder (BERT-style, Devlin et al. 2019) for masked-LM
+pretraining, tagging and classification. The vocabulary is characters (`charformer.vocab`), so the embedding
+table is small and the sequences are long: attention cost is what the kernels in `kernels/` are for.
+
+Shapes: B batch, T sequence length (characters), C = d_model, H = n_heads, D = C / H head dim, V vocab size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import ATTN_IMPLS, attention
+
+
+@dataclass
+class ModelConfig:
+    """Hyper-parameters of `CharTransformer`; saved as ``config.json`` beside every checkpoint."""
+
+    vocab_size: int
+    block_size: int = 256  # longest sequence (characters) the model is trained on
+    n_layers: int = 6
+    n_heads: int = 6
+    d_model: int = 384
+    d_ff: int | None = None  # MLP hidden size; None means 4 * d_model
+    dropout: float = 0.0
+    causal: bool = True
+    attn_impl: str = "sdpa"  # one of charformer.attention.ATTN_IMPLS
+    norm: str = "rmsnorm"  # "rmsnorm" or "layernorm"
+    rope_base: float = 10000.0
+    window: int | None = None  # sliding-window attention span (characters), None for full attention
+
+    def __post_init__(self):
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"head dim {self.d_model // self.n_heads} must be even for rotary embeddings")
+        if self.norm not in ("rmsnorm", "layernorm"):
+            raise ValueError(f"norm must be 'rmsnorm' or 'layernorm', got {self.norm!r}")
+        if self.attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        """Rebuild from `to_dict` output; raises ValueError on unknown keys."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+class RMSNorm(nn.Module):
+    """``x / rms(x) * weight`` over the last dim (Zhang & Sennrich 2019): LayerNorm without the mean shift."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32: the mean of squares of bf16 activations loses too much precision.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.to(x.dtype) * self.weight
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    return RMSNorm(cfg.d_model) if cfg.norm == "rmsnorm" else nn.LayerNorm(cfg.d_model, bias=False)
+
+
+def rope_tables(head_dim: int, n_pos: int, base: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables ``(n_pos, head_dim/2)`` for rotary embeddings: pair i of each head rotates by
+    angle ``pos * base^(-2i/head_dim)`` (Su et al. 2021, RoFormer)."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(n_pos, device=device, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive channel pairs of x ``(B, H, T, D)`` by the angles in cos/sin ``(T, D/2)``.
+
+    A query at position m and a key at position n then score ``q R(m)·R(n)^T k = q R(m - n) k``: attention sees
+    only relative offsets, which is why cached decoding can reuse keys computed earlier.
+    """
+    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # each (B, H, T, D/2)
+    rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+    return rotated.to(x.dtype)
+
+
+class KVCache:
+    """Keys and values of the tokens decoded so far, per layer, preallocated to ``max_len`` positions.
+
+    k/v per layer: ``(B, H, max_len, D)``; `length` is how many positions are filled (the same for every
+    sequence in the batch).
+    """
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device, dtype):
+        shape = (batch_size, cfg.n_heads, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.max_len = max_len
+        self.length = 0
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store new k/v ``(B, H, t, D)`` after the filled part; return all keys/values so far."""
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; cannot append up to {end}")
+        self.k[layer][:, :, start:end] = k
+        self.v[layer][:, :, start:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with RoPE. Separate q/k/v/o projections so each can be adapted (LoRA)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.q_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.k_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.v_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.o_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, cos, sin, *, lengths=None, cache: KVCache | None = None, layer: int = 0):
+        B, T, C = x.shape
+        H, D = self.cfg.n_heads, self.cfg.head_dim
+        q, k, v = (proj(x).view(B, T, H, D).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # (B, H, T, D)
+        if cache is not None:
+            k, v = cache.append(layer, k, v)  # (B, H, cache.length + T, D)
+        y = attention(q, k, v, causal=self.cfg.causal, key_lengths=lengths, window=self.cfg.window, impl=self.cfg.attn_impl)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.resid_dropout(self.o_proj(y))
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: ``Linear(C, d_ff) -> GELU -> Linear(d_ff, C)``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc_in = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.fc_out = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.fc_out(F.gelu(self.fc_in(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: ``x + attn(norm(x))`` then ``x + mlp(norm(x))`` (Xiong et al. 2020)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm1, self.attn = make_norm(cfg), SelfAttention(cfg)
+        self.norm2, self.mlp = make_norm(cfg), MLP(cfg)
+
+    def forward(self, x, cos, sin, *, lengths=None, cache=None, layer=0):
+        x = x + self.attn(self.norm1(x), cos, sin, lengths=lengths, cache=cache, layer=layer)
+        return x + self.mlp(self.norm2(x))
+
+
+class CharTransformer(nn.Module):
+    """The character transformer. ``forward(idx) -> logits``; `hidden_states` gives the final features.
+
+    idx: ``(B, T)`` int64 character ids, T <= block_size (longer inputs raise ValueError).
+    lengths: optional ``(B,)`` int, the real length of each right-padded sequence; padded positions neither
+        attend nor are attended to, so real positions get exactly what each sequence alone would get.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm_f = make_norm(cfg)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.tok_emb.weight  # weight tying (Press & Wolf 2017)
+        cos, sin = rope_tables(cfg.head_dim, cfg.block_size, cfg.rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        # GPT-2 scales the projections that write into the residual stream by 1/sqrt(2 * n_layers), so the
+        # residual's variance does not grow with depth.
+        for name, p in self.named_parameters():
+            if name.endswith(("o_proj.weight", "fc_out.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def hidden_states(self, idx, *, lengths=None, cache: KVCache | None = None) -> torch.Tensor:
+        """Final-normed features ``(B, T, C)``. With a `cache`, idx holds only the new positions."""
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.cfg.block_size:
+            raise ValueError(f"sequence of {start + T} characters exceeds block_size={self.cfg.block_size}")
+        cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
+        x = self.drop(self.tok_emb(idx))  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, lengths=lengths, cache=cache, layer=i)
+        if cache is not None:
+            cache.length += T
+        return self.norm_f(x)
+
+    def forward(self, idx, *, lengths=None, cache: KVCache | None = None) -> torch.Tensor:
+        """Next-character (causal) or masked-character (bidirectional) logits ``(B, T, V)``."""
+        return self.lm_head(self.hidden_states(idx, lengths=lengths, cache=cache))
+
+    def num_params(self) -> int:
+        """Number of parameters (the tied embedding / LM head counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Forward-pass FLOPs per token at context length `seq_len` (default block_size).
+
+        2 FLOPs per multiply-add: ``2 * N_matmul`` for the weight matmuls (all parameters except the norms;
+        the embedding lookup is free but the tied LM head is a real V x C matmul, so it counts once) plus
+        ``4 * n_layers * T * d_model`` for q·k and p·v over T keys (full T, as PaLM counts it, Chowdhery et al.
+        2022, appendix B). A training step costs about 3x this (backward = 2x forward).
+        """
+        t = seq_len or self.cfg.block_size
+        n_matmul = sum(p.numel() for n, p in self.named_parameters() if p.dim() == 2)
+        return 2 * n_matmul + 4 * self.cfg.n_layers * t * self.cfg.d_model

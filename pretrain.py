@@ -25,7 +25,7 @@ from charformer.data import encode_array, read_corpus, split_corpus
 from charformer.errors import CharformerError, run_cli
 from charformer.model import CharTransformer, ModelConfig
 from charformer.objectives import CausalLM, sample_text
-from charformer.train import TrainConfig, fit, pick_device
+from charformer.train import TrainConfig, clear_run, fit, pick_device
 from charformer.vocab import CharVocab
 
 
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", nargs="+", default=None, help="validation text files (default: hold out the end of --data)")
     p.add_argument("--out", default=None, help="output directory (checkpoints, metrics.jsonl, curves.png, results.json)")
     p.add_argument("--resume", action="store_true", default=None, help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace an earlier run in --out (default: refuse)")
     add_dataclass_options(p, DataConfig, group="data")
     add_dataclass_options(p, ModelConfig, skip=("vocab_size",), group="model")
     add_dataclass_options(p, TrainConfig, group="training")
@@ -91,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     train_cfg = build_dataclass(TrainConfig, args)
     if data_cfg.objective != "clm":
         raise CharformerError(f"unknown objective {data_cfg.objective!r} (available: clm)")
-    if not resume and (out / "last").exists():
-        raise CharformerError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    if not resume and not args.overwrite and (out / "last").exists():
+        raise CharformerError(f"{out} already holds a run: pass --resume to continue it, --overwrite to replace it, "
+                              "or choose another --out")
     vocab, train_tokens, val_tokens = prepare_data(args, data_cfg, out, resume)
     model_cfg = build_dataclass(ModelConfig, args, vocab_size=len(vocab))
     for name, tokens in (("training", train_tokens), ("validation", val_tokens)):
@@ -119,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     def save(path, trainer_state, trainer_tensors):
         save_checkpoint(path, model, model_cfg, vocab, extra=extra, trainer_state=trainer_state, trainer_tensors=trainer_tensors)
 
+    if args.overwrite and not resume:
+        clear_run(out)  # only now: a run with bad input must leave the old one untouched
     out.mkdir(parents=True, exist_ok=True)
     summary = fit(model, objective, train_cfg, out, save, resume=resume, desc=f"pretrain {out.name}")
 
@@ -132,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": summary["steps"],
         "chars_seen": summary["chars_seen"],
         "wall_seconds": round(time.time() - t_start, 1),
-        "train_seconds": summary["wall_seconds"],
+        "train_seconds": summary["train_seconds"],
         "params": best.num_params(),
         "flops_per_char": 3 * best.flops_per_token(),
         "skipped_steps": summary["skipped_steps"],

@@ -15,6 +15,7 @@ Output directory layout: ``last/`` (for ``--resume``), ``best/`` (best evaluatio
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -70,6 +71,19 @@ class Objective(Protocol):
 
     def report(self, model: torch.nn.Module) -> str | None:
         """Optional text shown after each evaluation (e.g. a generated sample)."""
+
+
+RUN_FILES = ("last", "best", "last.old", "best.old", "metrics.jsonl", "curves.png", "results.json")
+
+
+def clear_run(out_dir: str | Path) -> None:
+    """Delete the artifacts of an earlier run in `out_dir` (only the files `fit` and the scripts write)."""
+    for name in RUN_FILES:
+        path = Path(out_dir) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 SaveFn = Callable[[Path, dict | None, dict | None], None]  # (directory, trainer_state, trainer_tensors)
@@ -148,15 +162,16 @@ def fit(
 
     Evaluates every `eval_interval` steps and at the end (evaluation time counts in wall_seconds); writes ``out_dir/last`` at each evaluation and
     ``out_dir/best`` when the metric improves, both through `save`. With `resume`, continues from
-    ``out_dir/last`` exactly. Returns a summary: steps, chars_seen, wall_seconds, best metric, last
-    evaluation, skipped (non-finite) steps, and whether it stopped early.
+    ``out_dir/last`` exactly. Returns a summary: steps, chars_seen, train_seconds (steps only), wall_seconds
+    (evaluations included), best metric, last evaluation, skipped (non-finite) steps, whether it stopped early.
     """
     out_dir = Path(out_dir)
     device = next(model.parameters()).device
     torch.manual_seed(cfg.seed)
     data_gen = torch.Generator().manual_seed(cfg.seed)
     opt = make_optimizer(model, cfg, lr_scale)
-    state = {"step": 0, "chars_seen": 0, "wall_seconds": 0.0, "best": None, "bad_steps": 0, "evals_since_best": 0}
+    state = {"step": 0, "chars_seen": 0, "train_seconds": 0.0, "wall_seconds": 0.0, "best": None, "bad_steps": 0,
+             "evals_since_best": 0}
     if resume:
         saved, tensors = load_trainer_state(out_dir / "last")
         load_weights(model, out_dir / "last")
@@ -237,11 +252,13 @@ def fit(
             dt = time.perf_counter() - t0
             state["step"] += 1
             state["chars_seen"] += chars
-            state["wall_seconds"] += dt
             bar.update(1)
             if state["step"] % cfg.log_interval == 0 or state["step"] == cfg.max_steps:
                 bar.set_postfix(loss=f"{total_loss:.4f}", lr=f"{lr:.2e}", chars_s=f"{chars / dt:,.0f}")
                 log.write({"step": state["step"], "train_loss": total_loss, "lr": lr, "chars_per_s": chars / dt})
+            step_seconds = time.perf_counter() - t0  # the step and its bookkeeping, evaluation excluded
+            state["train_seconds"] += step_seconds
+            state["wall_seconds"] += step_seconds
             if state["step"] % cfg.eval_interval == 0 or state["step"] == cfg.max_steps:
                 last_metrics = evaluate()
                 checkpoint("last")
@@ -257,6 +274,7 @@ def fit(
     return {
         "steps": state["step"],
         "chars_seen": state["chars_seen"],
+        "train_seconds": round(state["train_seconds"], 3),
         "wall_seconds": round(state["wall_seconds"], 2),
         f"best_{objective.metric}": state["best"],
         "skipped_steps": state["bad_steps"],

@@ -111,6 +111,9 @@ def test_bad_inputs_get_clear_errors_and_overwrite_nothing(tmp_path, corpus):
     with pytest.raises(CharformerError, match="differ"):  # a new corpus means a new vocabulary
         run("--data", str(other), "--out", str(out), "--resume", "--max-steps", "4")
     assert before == {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert run("--data", str(other), "--out", str(out), "--overwrite") == 0  # explicitly asked: replaced
+    # 1,400 characters + the newline read_corpus adds: the last 141 are validation text, 140 of them targets
+    assert json.loads((out / "results.json").read_text())["val_chars"] == 140
 
 
 def test_cli_prints_one_error_line_and_exits_2(tmp_path):

@@ -22,6 +22,7 @@ import torch
 from charformer.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from charformer.cli import add_dataclass_options, build_dataclass, parse_with_config
 from charformer.data import encode_array, read_corpus, split_corpus
+from charformer.distributed import barrier, init_distributed, shutdown
 from charformer.errors import CharformerError, run_cli
 from charformer.model import CharTransformer, ModelConfig
 from charformer.objectives import CausalLM, sample_text
@@ -109,22 +110,35 @@ def main(argv: list[str] | None = None) -> int:
             raise CharformerError(f"{out / 'last'}: the model options differ from the checkpoint's; resume with the same config")
 
     device = pick_device(train_cfg.device)
+    dist_info = init_distributed(device.type)
+    if device.type == "cuda" and dist_info.enabled:
+        device = torch.device("cuda", dist_info.local_rank)
+    say = print if dist_info.is_main else (lambda *a, **k: None)
     torch.manual_seed(train_cfg.seed)
     model = CharTransformer(model_cfg).to(device)
-    print(f"model: {model.num_params() / 1e6:.2f}M parameters, {model_cfg.n_layers} layers x {model_cfg.n_heads} heads x "
+    global_batch = train_cfg.batch_size * dist_info.world_size * train_cfg.grad_accum
+    say(f"effective batch: {train_cfg.batch_size} per rank x {dist_info.world_size} ranks x {train_cfg.grad_accum} "
+        f"accumulation = {global_batch} sequences of {model_cfg.block_size} characters")
+    say(f"model: {model.num_params() / 1e6:.2f}M parameters, {model_cfg.n_layers} layers x {model_cfg.n_heads} heads x "
           f"d_model {model_cfg.d_model}, block {model_cfg.block_size}, {'causal' if model_cfg.causal else 'bidirectional'}, "
           f"attention {model_cfg.attn_impl}, device {device}")
-    objective = CausalLM(train_tokens, val_tokens, vocab, block_size=model_cfg.block_size, batch_size=train_cfg.batch_size,
+    objective = CausalLM(train_tokens, val_tokens, vocab, block_size=model_cfg.block_size,
+                         batch_size=train_cfg.batch_size * dist_info.world_size,  # a global batch; each rank takes a slice
                          eval_batches=data_cfg.eval_batches, sample_prompt=data_cfg.sample_prompt, sample_chars=data_cfg.sample_chars)
-    extra = {"objective": data_cfg.objective, "data": asdict(data_cfg)}
+    extra = {"objective": data_cfg.objective, "data": asdict(data_cfg), "world_size": dist_info.world_size,
+             "effective_batch": global_batch}
 
     def save(path, trainer_state, trainer_tensors):
         save_checkpoint(path, model, model_cfg, vocab, extra=extra, trainer_state=trainer_state, trainer_tensors=trainer_tensors)
 
-    if args.overwrite and not resume:
+    if args.overwrite and not resume and dist_info.is_main:
         clear_run(out)  # only now: a run with bad input must leave the old one untouched
     out.mkdir(parents=True, exist_ok=True)
-    summary = fit(model, objective, train_cfg, out, save, resume=resume, desc=f"pretrain {out.name}")
+    barrier(dist_info)
+    summary = fit(model, objective, train_cfg, out, save, resume=resume, desc=f"pretrain {out.name}", dist_info=dist_info)
+    shutdown(dist_info)
+    if not dist_info.is_main:
+        return 0
 
     best, _, _ = load_checkpoint(out / "best", device=device)
     final = objective.evaluate_full(best)
@@ -140,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         "params": best.num_params(),
         "flops_per_char": 3 * best.flops_per_token(),
         "skipped_steps": summary["skipped_steps"],
+        "world_size": dist_info.world_size,
+        "effective_batch": global_batch,
         "device": str(device),
         "torch": torch.__version__,
         "sample": sample,

@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import load_trainer_state, load_weights
+from .distributed import DistInfo, barrier, mean_across_ranks, shard
 from .errors import CharformerError
 from .runlog import MetricsLog, plot_curves
 
@@ -157,12 +158,15 @@ def fit(
     resume: bool = False,
     lr_scale: dict[str, float] | None = None,
     desc: str = "train",
+    dist_info: DistInfo = DistInfo(),
 ) -> dict:
     """Train `model` on `objective` for `cfg.max_steps` optimizer steps (or until early stopping).
 
     Evaluates every `eval_interval` steps and at the end (evaluation time counts in wall_seconds); writes ``out_dir/last`` at each evaluation and
     ``out_dir/best`` when the metric improves, both through `save`. With `resume`, continues from
-    ``out_dir/last`` exactly. Returns a summary: steps, chars_seen, train_seconds (steps only), wall_seconds
+    ``out_dir/last`` exactly. Under torchrun (`dist_info` from `charformer.distributed.init_distributed`), the
+    objective must draw *global* batches (per-rank batch x world size): each rank trains on its slice, DDP
+    averages gradients, and only rank 0 writes logs and checkpoints. Returns a summary: steps, chars_seen, train_seconds (steps only), wall_seconds
     (evaluations included), best metric, last evaluation, skipped (non-finite) steps, whether it stopped early.
     """
     out_dir = Path(out_dir)
@@ -181,47 +185,62 @@ def fit(
         if device.type == "cuda" and "rng.cuda" in tensors:
             torch.cuda.set_rng_state(tensors["rng.cuda"])
         state = saved["loop"]
-    log = MetricsLog(out_dir / "metrics.jsonl", resume_step=state["step"] if resume else None)
-    run_model = torch.compile(model) if cfg.compile else model
+    main = dist_info.is_main
+    log = MetricsLog(out_dir / "metrics.jsonl", resume_step=state["step"] if resume else None) if main else None
+    run_model = model
+    if dist_info.enabled:
+        run_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        run_model = torch.compile(run_model)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     better = (lambda a, b: a > b) if objective.higher_is_better else (lambda a, b: a < b)
 
     def checkpoint(name: str) -> None:
-        opt_json, tensors = _optimizer_tensors(opt)
-        tensors["rng.torch"] = torch.get_rng_state()
-        tensors["rng.data"] = data_gen.get_state()
-        if device.type == "cuda":
-            tensors["rng.cuda"] = torch.cuda.get_rng_state()
-        save(out_dir / name, {"loop": state, "optimizer": opt_json, "train_config": asdict(cfg)}, tensors)
+        if main:
+            opt_json, tensors = _optimizer_tensors(opt)
+            tensors["rng.torch"] = torch.get_rng_state()
+            tensors["rng.data"] = data_gen.get_state()
+            if device.type == "cuda":
+                tensors["rng.cuda"] = torch.cuda.get_rng_state()
+            trainer_state = {"loop": state, "optimizer": opt_json, "train_config": asdict(cfg),
+                             "world_size": dist_info.world_size}
+            save(out_dir / name, trainer_state, tensors)
+        barrier(dist_info)  # no rank runs ahead of a checkpoint it may need to read
+
+    def write(record: dict) -> None:
+        if main:
+            log.write(record)
 
     def evaluate() -> dict:
         t_eval = time.perf_counter()
         model.eval()
+        # Every rank evaluates the same weights on the same data (so early stopping agrees); rank 0 records it.
         with torch.no_grad(), autocast:
-            metrics = objective.evaluate(run_model)
-            text = objective.report(model)
+            metrics = objective.evaluate(model)
+            text = objective.report(model) if main else None
         model.train()
         value = metrics[objective.metric]
         improved = state["best"] is None or better(value, state["best"])
         if improved:
             state["best"], state["evals_since_best"] = value, 0
-            save(out_dir / "best", None, None)
+            if main:
+                save(out_dir / "best", None, None)
         else:
             state["evals_since_best"] += 1
-        record = {"step": state["step"], **{f"val_{k}" if not k.startswith(("val_", "dev_")) else k: v for k, v in metrics.items()}}
-        log.write(record)
-        plot_curves(log.records(), out_dir / "curves.png", title=desc)
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-        tqdm.write(f"step {state['step']}: {shown}" + (" (best)" if improved else ""))
-        if text:
-            tqdm.write(text)
+        if main:
+            log.write({"step": state["step"], **{k if k.startswith(("val_", "dev_")) else f"val_{k}": v for k, v in metrics.items()}})
+            plot_curves(log.records(), out_dir / "curves.png", title=desc)
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+            tqdm.write(f"step {state['step']}: {shown}" + (" (best)" if improved else ""))
+            if text:
+                tqdm.write(text)
         state["wall_seconds"] += time.perf_counter() - t_eval
         return metrics
 
     model.train()
     last_metrics: dict = {}
     stopped_early = False
-    bar = tqdm(total=cfg.max_steps, initial=state["step"], desc=desc, dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(total=cfg.max_steps, initial=state["step"], desc=desc, dynamic_ncols=True, mininterval=1.0, disable=not main)
     try:
         while state["step"] < cfg.max_steps:
             t0 = time.perf_counter()
@@ -229,13 +248,17 @@ def fit(
             for group in opt.param_groups:
                 group["lr"] = lr * group["lr_scale"]
             total_loss, chars = 0.0, 0
-            for _ in range(cfg.grad_accum):
-                batch = [t.to(device, non_blocking=True) for t in objective.batch(data_gen)]
-                with autocast:
-                    loss, n_chars = objective.loss(run_model, batch)
-                (loss / cfg.grad_accum).backward()
+            for micro in range(cfg.grad_accum):
+                batch = [t.to(device, non_blocking=True) for t in shard(list(objective.batch(data_gen)), dist_info)]
+                # Under DDP, all-reduce gradients only once per optimizer step, after the last micro-batch.
+                skip_sync = dist_info.enabled and micro < cfg.grad_accum - 1
+                with run_model.no_sync() if skip_sync else nullcontext():
+                    with autocast:
+                        loss, n_chars = objective.loss(run_model, batch)
+                    (loss / cfg.grad_accum).backward()
                 total_loss += loss.item() / cfg.grad_accum
-                chars += n_chars
+                chars += n_chars * dist_info.world_size
+            total_loss = mean_across_ranks(total_loss, dist_info, device)
             grads_ok = math.isfinite(total_loss)
             if grads_ok and cfg.grad_clip > 0:
                 grads_ok = math.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item())
@@ -255,7 +278,7 @@ def fit(
             bar.update(1)
             if state["step"] % cfg.log_interval == 0 or state["step"] == cfg.max_steps:
                 bar.set_postfix(loss=f"{total_loss:.4f}", lr=f"{lr:.2e}", chars_s=f"{chars / dt:,.0f}")
-                log.write({"step": state["step"], "train_loss": total_loss, "lr": lr, "chars_per_s": chars / dt})
+                write({"step": state["step"], "train_loss": total_loss, "lr": lr, "chars_per_s": chars / dt})
             step_seconds = time.perf_counter() - t0  # the step and its bookkeeping, evaluation excluded
             state["train_seconds"] += step_seconds
             state["wall_seconds"] += step_seconds

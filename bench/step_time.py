@@ -4,10 +4,11 @@ The bar for the foundation is that our training loop, with everything it does (R
 RMSNorm, tied head, tqdm, metrics.jsonl, gradient clipping, lr schedule) costs no more per step than the
 simplest loop one could write for the same shape: nanoGPT's GPT (learned positions, fused qkv projection,
 LayerNorm, tied head) trained by a bare ``for`` loop with AdamW. Both see the same random windows of Tiny
-Shakespeare. The two are timed in alternating rounds so machine noise hits both alike; we report medians.
+Shakespeare. The two are timed in many short alternating rounds so machine noise hits both alike; we report
+medians of the per-round times.
 
     python bench/step_time.py                       # the CPU shape of configs/shakespeare_char_cpu.toml
-    python bench/step_time.py --rounds 5 --steps 100 --out bench/results/step_time_cpu.json
+    python bench/step_time.py --threads 1 --out bench/results/step_time_cpu.json
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def charformer_loop(tokens, vocab_size, args, steps) -> float:
     metrics.jsonl included; the final evaluation (stubbed here anyway) excluded."""
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=vocab_size, block_size=args.block_size, n_layers=args.n_layers, n_heads=args.n_heads,
-                      d_model=args.d_model)
+                      d_model=args.d_model, norm=args.norm)
     model = CharTransformer(cfg)
     with tempfile.TemporaryDirectory() as out:
         train_cfg = TrainConfig(max_steps=args.warmup, batch_size=args.batch_size, eval_interval=10**9, log_interval=10,
@@ -127,11 +128,15 @@ def main():
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--block-size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=12)
-    p.add_argument("--steps", type=int, default=100, help="timed steps per round")
+    p.add_argument("--norm", default="layernorm", help="charformer's norm (the CPU configs use layernorm)")
+    p.add_argument("--steps", type=int, default=25, help="timed steps per round")
     p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=12)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--out", default=None, help="write the figures as JSON here")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     text = read_text(args.data)
     vocab = CharVocab.build([text])
     tokens = encode_array(vocab, text)
@@ -141,7 +146,7 @@ def main():
         plain.append(plain_loop(tokens, len(vocab), args, args.steps))
         print(f"round {r + 1}: charformer {ours[-1] * 1e3:.1f} ms/step, plain nanoGPT-style {plain[-1] * 1e3:.1f} ms/step")
     result = {
-        "shape": {k: getattr(args, k) for k in ("n_layers", "n_heads", "d_model", "block_size", "batch_size")},
+        "shape": {k: getattr(args, k) for k in ("n_layers", "n_heads", "d_model", "block_size", "batch_size", "norm")},
         "steps_per_round": args.steps,
         "rounds": args.rounds,
         "charformer_ms_per_step_median": statistics.median(ours) * 1e3,

@@ -204,13 +204,23 @@ class CharTransformer(nn.Module):
         self.norm_f = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight  # weight tying (Press & Wolf 2017)
-        self.register_buffer("rope", rope_tables(cfg.head_dim, cfg.block_size, cfg.rope_base), persistent=False)
+        # Stored as real (block_size, D/2, 2) fp32 pairs: a complex buffer would be silently made real by .half().
+        self.register_buffer("rope", self._rope_pairs(), persistent=False)
         self.apply(self._init_weights)
         # GPT-2 scales the projections that write into the residual stream by 1/sqrt(2 * n_layers), so the
         # residual's variance does not grow with depth.
         for name, p in self.named_parameters():
             if name.endswith(("o_proj.weight", "fc_out.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
+
+    def _rope_pairs(self) -> torch.Tensor:
+        return torch.view_as_real(rope_tables(self.cfg.head_dim, self.cfg.block_size, self.cfg.rope_base))
+
+    def _rotations(self, start: int, length: int) -> torch.Tensor:
+        """RoPE rotations ``(length, D/2)`` complex64 for positions start..start+length-1."""
+        if self.rope.dtype != torch.float32:  # the model was cast to fp16/bf16: angles need fp32, rebuild them
+            self.rope = self._rope_pairs().to(self.rope.device)
+        return torch.view_as_complex(self.rope[start : start + length])
 
     @staticmethod
     def _init_weights(module):
@@ -223,7 +233,7 @@ class CharTransformer(nn.Module):
         start = cache.length if cache is not None else 0
         if start + T > self.cfg.block_size:
             raise ValueError(f"sequence of {start + T} characters exceeds block_size={self.cfg.block_size}")
-        rotations = self.rope[start : start + T]  # (T, D/2) complex
+        rotations = self._rotations(start, T)  # (T, D/2) complex
         x = self.drop(self.tok_emb(idx))  # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = block(x, rotations, lengths=lengths, cache=cache, layer=i)

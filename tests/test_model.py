@@ -102,3 +102,22 @@ def test_too_long_input_and_bad_config_are_refused():
         ModelConfig(vocab_size=10, d_model=30, n_heads=4)
     with pytest.raises(ValueError, match="attn_impl"):
         ModelConfig(vocab_size=10, attn_impl="flash")
+
+
+def test_half_precision_cast_keeps_rotary_angles():
+    model = tiny_model()
+    expected = model._rotations(0, 32).clone()
+    model = model.to(torch.bfloat16)
+    assert torch.equal(model._rotations(0, 32), expected)  # still fp32-exact complex rotations
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.randint(7, 50, (1, 16)))).all()
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    from charformer.model import apply_rope, rope_tables
+
+    rot = rope_tables(8, 64, 10000.0)
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+    score = lambda m, n: (apply_rope(q, rot[m : m + 1]) * apply_rope(k, rot[n : n + 1])).sum()  # noqa: E731
+    torch.testing.assert_close(score(10, 3), score(57, 50), rtol=1e-5, atol=1e-5)
+    assert (score(10, 3) - score(10, 4)).abs() > 1e-3

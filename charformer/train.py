@@ -159,6 +159,7 @@ def fit(
     lr_scale: dict[str, float] | None = None,
     desc: str = "train",
     dist_info: DistInfo = DistInfo(),
+    after_step: Callable[[int], None] | None = None,
 ) -> dict:
     """Train `model` on `objective` for `cfg.max_steps` optimizer steps (or until early stopping).
 
@@ -166,7 +167,9 @@ def fit(
     ``out_dir/best`` when the metric improves, both through `save`. With `resume`, continues from
     ``out_dir/last`` exactly. Under torchrun (`dist_info` from `charformer.distributed.init_distributed`), the
     objective must draw *global* batches (per-rank batch x world size): each rank trains on its slice, DDP
-    averages gradients, and only rank 0 writes logs and checkpoints. Returns a summary: steps, chars_seen, train_seconds (steps only), wall_seconds
+    averages gradients, and only rank 0 writes logs and checkpoints. `after_step(step)` is called after each
+    optimizer step that was taken (not skipped), with its 0-based index, while gradients are still present
+    (AdaLoRA's importance scores need them). Returns a summary: steps, chars_seen, train_seconds (steps only), wall_seconds
     (evaluations included), best metric, last evaluation, skipped (non-finite) steps, whether it stopped early.
     """
     out_dir = Path(out_dir)
@@ -264,6 +267,8 @@ def fit(
                 grads_ok = math.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item())
             if grads_ok:
                 opt.step()
+                if after_step is not None:
+                    after_step(state["step"])
             else:
                 state["bad_steps"] += 1
                 if state["bad_steps"] > cfg.max_bad_steps:

@@ -1,0 +1,467 @@
+"""FlashAttention-2: exact attention in O(T) memory, forward and backward as Triton kernels.
+
+``flash_attention(q, k, v, ...)`` computes ``kernels.reference.attention_reference`` (same masking convention:
+queries aligned to the end of the keys, causal, per-sequence key lengths, sliding window) without ever storing
+the (Tq, Tk) score matrix.
+
+Why: the arithmetic
+-------------------
+Standard attention writes S = q kᵀ and P = softmax(S) to memory, 2·B·H·Tq·Tk elements. For B=1, H=8, T=65536
+that is 2 × 34e9 fp16 values = 137 GB: it does not fit on any GPU. Even at T=4096, B=8, H=8 (2.1 GB per matrix)
+the time goes to memory traffic: ~6 passes over a matrix of Tq·Tk elements (write S, mask, softmax r+w, read P)
+against 4·Tq·Tk·D FLOPs; with D=64 that is ~21 FLOPs per byte moved, below the ~300 FLOPs/byte an H100 needs to be
+compute bound. FlashAttention keeps each tile of S and P in on-chip SRAM: it reads q once, k and v once per query
+tile of BLOCK_M rows, and writes only o and lse. Memory drops from O(T²) to O(T·D), and the FLOPs per byte rise
+to ~BLOCK_M (4·T²·D FLOPs over 4·T²·D/BLOCK_M bytes of k, v re-reads; more when those hit in L2): compute bound.
+
+FLOPs (counted by ``bench/attention.py``): forward 2 matmuls of 2·Tq·Tk·D = 4·B·H·Tq·Tk·D (about half when
+causal); backward recomputes q kᵀ and does four more matmuls (dV, dP, dQ, dK) = 2.5x the forward.
+
+Forward (one program per (query block of BLOCK_M rows, batch·head))
+-------------------------------------------------------------------
+The q tile (BLOCK_M, D) stays in SRAM while the program walks the key/value tiles (BLOCK_N, D). Softmax needs
+the row max and row sum over *all* keys before it can normalise, so it is computed online: keep per row a running
+max m, a running sum l = Σ exp(s − m) and an unnormalised output acc = Σ exp(s − m)·v. A new tile with scores s:
+
+    m' = max(m, rowmax(s));   α = exp(m − m')        (≤ 1: how much the old terms shrink under the new max)
+    l  ← α·l + rowsum(exp(s − m'));   acc ← α·acc + exp(s − m')·v;   m ← m'
+
+and at the end o = acc / l. Subtracting the running max keeps every exp() ≤ 1 (no overflow in fp16/fp32). FA2's
+changes over FA1: the division by l happens once at the end, not per tile, and each program owns a query block
+so no two programs write the same output (no atomics). exp is computed as exp2 with log2(e) folded into the
+scale (one multiply per score, and exp2 is the native instruction).
+
+The program also saves lse = m + log(l) per row (natural log, fp32, B·H·Tq values): the log of the softmax
+denominator. That is all the backward needs to rebuild P exactly: P = exp(s − lse).
+
+Rows with no visible key (padding, length 0, windows) keep m = -inf, l = 0. They are computed with m = 0 in the
+exponent (so exp(-inf − 0) = 0 instead of exp(-inf + inf) = NaN) and write o = 0, lse = -inf.
+
+Backward
+--------
+With dO given, S = scale·q kᵀ, P = softmax(S), O = P v:
+
+    dV = Pᵀ dO;   dP = dO vᵀ;   dS = P ⊙ (dP − Δ);   dQ = scale·dS k;   dK = scale·dSᵀ q
+    where Δ_i = Σ_j P_ij dP_ij = Σ_j P_ij (dO_i · v_j) = dO_i · O_i.
+
+* P is recomputed from q, k and the saved lse rather than stored: storing it is exactly the O(T²) memory the
+  forward avoided, and recomputing costs one extra matmul per tile.
+* Δ is a per-row sum over *all* keys; computed inside a kernel that sees one key tile at a time it would need a
+  cross-program reduction. The identity Δ_i = dO_i · O_i turns it into an O(T·D) preprocessing kernel.
+* dK, dV of a key block sum over query blocks, dQ of a query block sums over key blocks. FA2 splits them into two
+  kernels so that each program owns its outputs: the dK/dV kernel holds one key tile and walks the query tiles,
+  the dQ kernel holds one query tile and walks the key tiles (no atomics, deterministic, at the price of
+  computing q kᵀ and dO vᵀ twice).
+
+Block skipping
+--------------
+Each loop runs only over the tiles that the mask can leave visible: with ``causal`` a query tile stops at its
+last query's diagonal (half the work), with ``window`` w it starts at its first query's position − w + 1 (and,
+bidirectional, stops w − 1 past its last), so a sliding-window pass costs ~T·w, not T²; with ``key_lengths`` it
+stops at the sequence length, and query tiles made only of padding do no work. Inside the visited tiles the
+exact element-wise mask of ``reference.visible_keys`` is applied, to every visited tile: skipping it on tiles that
+are wholly visible (the Triton tutorial splits its loop in two for that) saves a few integer ops per score and is
+left out until a GPU measurement shows that it pays.
+
+Sources: T. Dao, "FlashAttention-2: Faster Attention with Better Parallelism and Work Partitioning", 2023;
+T. Dao et al., "FlashAttention", 2022; Triton tutorials "Fused Softmax" and "Fused Attention" (background).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ._runtime import autotune_configs, check_device
+
+MAX_HEAD_DIM = 128
+LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x · log2 e)
+LN2 = tl.constexpr(0.6931471805599453)  # ln(x) = log2(x) · ln 2
+
+# Autotune candidates for Ampere (sm80) / Hopper (sm90), fp16/bf16, head dim <= 128. A config that needs more
+# shared memory than the GPU has (e.g. the big tiles with fp32 inputs) fails with OutOfResources, which the
+# autotuner skips; the last config of each list is small enough for fp32 at D=128 on sm80 (checked by
+# `python -m kernels.compile_check`). Under the interpreter one config is used; its unequal, small tiles make
+# the CPU tests cross several tile boundaries on short sequences.
+FWD_CONFIGS = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2),
+]
+DKDV_CONFIGS = [  # BLOCK_N keys held by a program, BLOCK_M query rows per loop step
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 128}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=1),
+]
+DQ_CONFIGS = [  # BLOCK_M queries held by a program, BLOCK_N keys per loop step
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=1),
+]
+INTERPRETER_FWD = triton.Config({"BLOCK_M": 64, "BLOCK_N": 32})
+INTERPRETER_DKDV = triton.Config({"BLOCK_M": 32, "BLOCK_N": 64})
+INTERPRETER_DQ = triton.Config({"BLOCK_M": 64, "BLOCK_N": 32})
+DELTA_BLOCK_M = 64
+# Autotuning reruns for every new key. Keyed on Tq and Tk themselves, decoding with a growing key cache would
+# re-benchmark all configs at every step; the kernels get the lengths' next powers of two (tune_tq, tune_tk,
+# otherwise unused) so that lengths in the same octave share one tuning.
+_TUNE_KEY = ["tune_tq", "tune_tk", "HEAD_DIM", "CAUSAL", "HAS_WINDOW"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Helpers shared by the kernels: tiles, the mask, the loop bounds.
+# ---------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _load_tile(ptr, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr):
+    """Rows ``rows`` (R,) of a contiguous (T, HEAD_DIM) matrix as an (R, BLOCK_D) tile; zeros in the padding
+    columns >= HEAD_DIM and in rows >= n_rows (past the end, or right padding of the sequence)."""
+    mask = (rows[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM)
+    return tl.load(ptr + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def _store_tile(ptr, tile, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr):
+    mask = (rows[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM)
+    tl.store(ptr + rows[:, None] * HEAD_DIM + offs_d[None, :], tile.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _masked_scores(a, b, pos_q, pos_k, length, window, qk_scale, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """a bᵀ · qk_scale (log2 units), -inf where query pos_q may not see key pos_k (``reference.visible_keys``).
+
+    Called as (q, k) with pos_q (M, 1), pos_k (1, N) for an (M, N) tile, or as (k, q) with pos_q (1, M),
+    pos_k (N, 1) for the transposed (N, M) tile of the dK/dV kernel. ``length`` <= Tk is the sequence's key
+    length; query rows at or past it see nothing, and rows past Tq have pos_q >= Tk >= length.
+    """
+    visible = (pos_k < length) & (pos_q < length)
+    if CAUSAL:
+        visible &= pos_k <= pos_q
+    if HAS_WINDOW:
+        visible &= pos_q - pos_k < window
+        if not CAUSAL:
+            visible &= pos_k - pos_q < window
+    s = tl.dot(a, tl.trans(b), input_precision="ieee") * qk_scale
+    return tl.where(visible, s, float("-inf"))
+
+
+@triton.jit
+def _valid_lengths(lengths_ptr, batch, Tq, Tk, HAS_LENGTHS: tl.constexpr):
+    """(keys, queries): how many leading key rows and query rows of this sequence are real, not padding.
+
+    Loads are masked with these counts, not with Tk and Tq, so padding is read as 0 whatever it holds (a NaN
+    there would otherwise leak through 0 · NaN into valid rows' gradients)."""
+    if HAS_LENGTHS:
+        n_k = tl.minimum(tl.maximum(tl.load(lengths_ptr + batch), 0), Tk)
+        return n_k, tl.minimum(tl.maximum(n_k - (Tk - Tq), 0), Tq)
+    else:
+        return Tk, Tq
+
+
+@triton.jit
+def _key_range(start_m, shift, length, n_q, window, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[lo, hi): the keys some query of the tile [start_m, start_m + BLOCK_M) can see; lo a multiple of BLOCK_N."""
+    first_q = start_m + shift  # absolute positions of the tile's first and last query
+    last_q = start_m + BLOCK_M - 1 + shift
+    lo = 0
+    hi = tl.where(start_m < n_q, length, 0)  # a tile of padding queries sees nothing
+    if CAUSAL:
+        hi = tl.minimum(hi, last_q + 1)
+    if HAS_WINDOW:
+        lo = tl.maximum(first_q - window + 1, 0) // BLOCK_N * BLOCK_N
+        if not CAUSAL:
+            hi = tl.minimum(hi, last_q + window)
+    return lo, hi
+
+
+@triton.jit
+def _query_range(start_n, shift, length, n_q, window, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[lo, hi): the query rows that can see some key of the tile [start_n, start_n + BLOCK_N); lo a multiple of
+    BLOCK_M. Query row i sits at absolute position i + shift."""
+    last_k = start_n + BLOCK_N - 1
+    lo = 0
+    hi = tl.where(start_n < length, n_q, 0)  # only the n_q real queries see anything, and only real keys
+    if CAUSAL:
+        lo = tl.maximum(start_n - shift, 0)
+    if HAS_WINDOW:
+        hi = tl.minimum(hi, last_k + window - shift)
+        if not CAUSAL:
+            lo = tl.maximum(start_n - window + 1 - shift, 0)
+    return lo // BLOCK_M * BLOCK_M, hi
+
+
+@triton.jit
+def _head_offsets(bh, Tq, Tk, HEAD_DIM: tl.constexpr):
+    """Element offsets of one (batch, head) in the (B·H, Tq, D) query-side tensors, the (B·H, Tk, D) key-side
+    tensors and the (B·H, Tq) row statistics (lse, Δ). int64: B·H·T·D can pass 2^31."""
+    bh = bh.to(tl.int64)
+    return bh * Tq * HEAD_DIM, bh * Tk * HEAD_DIM, bh * Tq
+
+
+@triton.jit
+def _load_lse2(lse_ptr, rows, n_rows):
+    """Saved lse of query rows ``rows`` in log2 units. Rows with no visible key (lse = -inf) read +inf, so that
+    exp2(s - lse2) = exp2(-inf) = 0 for their (all -inf) scores instead of NaN."""
+    lse = tl.load(lse_ptr + rows, mask=rows < n_rows, other=float("-inf"))
+    return tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Forward
+# ---------------------------------------------------------------------------------------------------------------
+@triton.autotune(configs=autotune_configs(FWD_CONFIGS, INTERPRETER_FWD), key=_TUNE_KEY)
+@triton.jit
+def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, lengths_ptr, Tq, Tk, H, scale, window, tune_tq, tune_tk,
+                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+                     HAS_WINDOW: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1)  # batch * H + head
+    length, n_q = _valid_lengths(lengths_ptr, bh // H, Tq, Tk, HAS_LENGTHS)
+    shift = Tk - Tq  # query row i sits at absolute position i + shift
+    qk_scale = scale * LOG2E  # fold log2(e) in: exp(x * scale) = exp2(x * qk_scale)
+    q_off, k_off, row_off = _head_offsets(bh, Tq, Tk, HEAD_DIM)
+    q_ptr, o_ptr, k_ptr, v_ptr, lse_ptr = q_ptr + q_off, o_ptr + q_off, k_ptr + k_off, v_ptr + k_off, lse_ptr + row_off
+
+    rows = start_m + tl.arange(0, BLOCK_M)  # (M,) query rows of this tile
+    offs_n = tl.arange(0, BLOCK_N)  # (N,)
+    offs_d = tl.arange(0, BLOCK_D)  # (D,) padded to a power of two >= 16 (tl.dot needs K >= 16)
+    q = _load_tile(q_ptr, rows, n_q, offs_d, HEAD_DIM)  # (M, D), stays in SRAM for the whole loop
+
+    m = tl.full([BLOCK_M], float("-inf"), tl.float32)  # (M,) running row max of the scores (log2 units)
+    l = tl.zeros([BLOCK_M], tl.float32)  # (M,) running Σ exp2(s - m)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)  # (M, D) running Σ exp2(s - m) v
+    lo, hi = _key_range(start_m, shift, length, n_q, window, CAUSAL, HAS_WINDOW, BLOCK_M, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n  # (N,) key rows of this tile
+        k = _load_tile(k_ptr, cols, length, offs_d, HEAD_DIM)  # (N, D)
+        v = _load_tile(v_ptr, cols, length, offs_d, HEAD_DIM)  # (N, D)
+        s = _masked_scores(q, k, rows[:, None] + shift, cols[None, :], length, window, qk_scale,
+                           CAUSAL, HAS_WINDOW)  # (M, N)
+        m_new = tl.maximum(m, tl.max(s, 1))  # (M,)
+        m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing visible yet: exp2(-inf - 0) = 0, not NaN
+        p = tl.exp2(s - m_sub[:, None])  # (M, N) unnormalised probabilities, each <= 1
+        alpha = tl.exp2(m - m_sub)  # (M,) rescales what was summed under the old max
+        l = l * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        m = m_new
+
+    # Normalise once at the end (FA2). Rows that saw no key have l = 0: output 0 and lse = m + log2(1) = -inf.
+    l_safe = tl.where(l > 0, l, 1.0)
+    _store_tile(o_ptr, acc / l_safe[:, None], rows, Tq, offs_d, HEAD_DIM)
+    tl.store(lse_ptr + rows, (m + tl.log2(l_safe)) * LN2, mask=rows < Tq)  # natural log
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Backward: Δ preprocess, dK/dV kernel, dQ kernel
+# ---------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _attn_bwd_delta_kernel(o_ptr, do_ptr, delta_ptr, Tq, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                           BLOCK_M: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # (M,)
+    q_off, _, row_off = _head_offsets(tl.program_id(1), Tq, Tq, HEAD_DIM)
+    offs_d = tl.arange(0, BLOCK_D)
+    o = _load_tile(o_ptr + q_off, rows, Tq, offs_d, HEAD_DIM).to(tl.float32)  # (M, D)
+    do = _load_tile(do_ptr + q_off, rows, Tq, offs_d, HEAD_DIM).to(tl.float32)  # (M, D)
+    tl.store(delta_ptr + row_off + rows, tl.sum(o * do, 1), mask=rows < Tq)  # Δ_i = dO_i · O_i
+
+
+@triton.autotune(configs=autotune_configs(DKDV_CONFIGS, INTERPRETER_DKDV), key=_TUNE_KEY)
+@triton.jit
+def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, lengths_ptr,
+                          Tq, Tk, H, scale, window, tune_tq, tune_tk,
+                          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+                          HAS_WINDOW: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    start_n = tl.program_id(0) * BLOCK_N
+    bh = tl.program_id(1)
+    length, n_q = _valid_lengths(lengths_ptr, bh // H, Tq, Tk, HAS_LENGTHS)
+    shift = Tk - Tq
+    qk_scale = scale * LOG2E
+    q_off, k_off, row_off = _head_offsets(bh, Tq, Tk, HEAD_DIM)
+    q_ptr, do_ptr, lse_ptr, delta_ptr = q_ptr + q_off, do_ptr + q_off, lse_ptr + row_off, delta_ptr + row_off
+    k_ptr, v_ptr, dk_ptr, dv_ptr = k_ptr + k_off, v_ptr + k_off, dk_ptr + k_off, dv_ptr + k_off
+
+    cols = start_n + tl.arange(0, BLOCK_N)  # (N,) key rows owned by this program
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    k = _load_tile(k_ptr, cols, length, offs_d, HEAD_DIM)  # (N, D), in SRAM for the whole loop
+    v = _load_tile(v_ptr, cols, length, offs_d, HEAD_DIM)  # (N, D)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    # Work in the transposed orientation, (N keys, M queries), so that dV += Pᵀ dO and dK += dSᵀ q are plain
+    # matmuls of tiles already in registers.
+    lo, hi = _query_range(start_n, shift, length, n_q, window, CAUSAL, HAS_WINDOW, BLOCK_M, BLOCK_N)
+    for start_m in range(lo, hi, BLOCK_M):
+        rows = start_m + offs_m  # (M,) query rows of this step
+        q = _load_tile(q_ptr, rows, n_q, offs_d, HEAD_DIM)  # (M, D)
+        do = _load_tile(do_ptr, rows, n_q, offs_d, HEAD_DIM)  # (M, D)
+        lse2 = _load_lse2(lse_ptr, rows, n_q)  # (M,)
+        delta = tl.load(delta_ptr + rows, mask=rows < n_q, other=0.0)  # (M,)
+        s_t = _masked_scores(k, q, rows[None, :] + shift, cols[:, None], length, window, qk_scale,
+                             CAUSAL, HAS_WINDOW)  # (N, M) = Sᵀ
+        p_t = tl.exp2(s_t - lse2[None, :])  # (N, M) = Pᵀ, recomputed exactly from the saved lse
+        dv += tl.dot(p_t.to(do.dtype), do, input_precision="ieee")  # (N, D)
+        dp_t = tl.dot(v, tl.trans(do), input_precision="ieee")  # (N, M) = dPᵀ = v dOᵀ
+        ds_t = p_t * (dp_t - delta[None, :])  # (N, M) = dSᵀ
+        dk += tl.dot(ds_t.to(q.dtype), q, input_precision="ieee")  # (N, D)
+    _store_tile(dk_ptr, dk * scale, cols, Tk, offs_d, HEAD_DIM)  # keys nobody sees get exact zeros
+    _store_tile(dv_ptr, dv, cols, Tk, offs_d, HEAD_DIM)
+
+
+@triton.autotune(configs=autotune_configs(DQ_CONFIGS, INTERPRETER_DQ), key=_TUNE_KEY)
+@triton.jit
+def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, lengths_ptr,
+                        Tq, Tk, H, scale, window, tune_tq, tune_tk,
+                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+                        HAS_WINDOW: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1)
+    length, n_q = _valid_lengths(lengths_ptr, bh // H, Tq, Tk, HAS_LENGTHS)
+    shift = Tk - Tq
+    qk_scale = scale * LOG2E
+    q_off, k_off, row_off = _head_offsets(bh, Tq, Tk, HEAD_DIM)
+    q_ptr, do_ptr, dq_ptr = q_ptr + q_off, do_ptr + q_off, dq_ptr + q_off
+    lse_ptr, delta_ptr, k_ptr, v_ptr = lse_ptr + row_off, delta_ptr + row_off, k_ptr + k_off, v_ptr + k_off
+
+    rows = start_m + tl.arange(0, BLOCK_M)  # (M,) query rows owned by this program
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    q = _load_tile(q_ptr, rows, n_q, offs_d, HEAD_DIM)  # (M, D)
+    do = _load_tile(do_ptr, rows, n_q, offs_d, HEAD_DIM)  # (M, D)
+    lse2 = _load_lse2(lse_ptr, rows, n_q)  # (M,)
+    delta = tl.load(delta_ptr + rows, mask=rows < n_q, other=0.0)  # (M,)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    lo, hi = _key_range(start_m, shift, length, n_q, window, CAUSAL, HAS_WINDOW, BLOCK_M, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n  # (N,)
+        k = _load_tile(k_ptr, cols, length, offs_d, HEAD_DIM)  # (N, D)
+        v = _load_tile(v_ptr, cols, length, offs_d, HEAD_DIM)  # (N, D)
+        s = _masked_scores(q, k, rows[:, None] + shift, cols[None, :], length, window, qk_scale,
+                           CAUSAL, HAS_WINDOW)  # (M, N)
+        p = tl.exp2(s - lse2[:, None])  # (M, N) = P
+        dp = tl.dot(do, tl.trans(v), input_precision="ieee")  # (M, N) = dO vᵀ
+        ds = p * (dp - delta[:, None])  # (M, N) = dS
+        dq += tl.dot(ds.to(k.dtype), k, input_precision="ieee")  # (M, D)
+    _store_tile(dq_ptr, dq * scale, rows, Tq, offs_d, HEAD_DIM)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Autograd wrapper and public function
+# ---------------------------------------------------------------------------------------------------------------
+def _grid_over(n_rows: int, block: str, bh: int):
+    return lambda meta: (triton.cdiv(n_rows, meta[block]), bh)
+
+
+def _scalar_args(Tq: int, Tk: int, H: int, scale: float, window: int | None) -> tuple:
+    """The kernels' scalar arguments: Tq, Tk, H, scale, window (0 = none), tune_tq, tune_tk."""
+    return Tq, Tk, H, scale, window or 0, triton.next_power_of_2(Tq), triton.next_power_of_2(Tk)
+
+
+class _FlashAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, causal, key_lengths, window, scale):
+        B, H, Tq, D = q.shape
+        Tk = k.shape[2]
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        o = torch.empty_like(q)  # (B, H, Tq, D)
+        lse = torch.empty(B, H, Tq, device=q.device, dtype=torch.float32)  # natural log, -inf on empty rows
+        lengths = None if key_lengths is None else key_lengths.to(device=q.device, dtype=torch.int32).contiguous()
+        scalars = _scalar_args(Tq, Tk, H, scale, window)
+        meta = dict(HEAD_DIM=D, BLOCK_D=max(16, triton.next_power_of_2(D)), CAUSAL=causal,
+                    HAS_WINDOW=window is not None, HAS_LENGTHS=lengths is not None)
+        if o.numel():
+            _attn_fwd_kernel[_grid_over(Tq, "BLOCK_M", B * H)](
+                q, k, v, o, lse, lengths, *scalars, **meta)
+        ctx.save_for_backward(q, k, v, o, lse, lengths)
+        ctx.meta, ctx.scalars = meta, scalars
+        ctx.mark_non_differentiable(lse)
+        return o, lse
+
+    @staticmethod
+    def backward(ctx, do, _dlse):
+        q, k, v, o, lse, lengths = ctx.saved_tensors
+        B, H, Tq, D = q.shape
+        Tk = k.shape[2]
+        do = do.contiguous()
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        delta = torch.empty_like(lse)  # (B, H, Tq) fp32, Δ_i = dO_i · O_i
+        if q.numel():
+            _attn_bwd_delta_kernel[(triton.cdiv(Tq, DELTA_BLOCK_M), B * H)](
+                o, do, delta, Tq, HEAD_DIM=D, BLOCK_D=ctx.meta["BLOCK_D"], BLOCK_M=DELTA_BLOCK_M)
+            _attn_bwd_dkdv_kernel[_grid_over(Tk, "BLOCK_N", B * H)](
+                q, k, v, do, lse, delta, dk, dv, lengths, *ctx.scalars, **ctx.meta)
+            _attn_bwd_dq_kernel[_grid_over(Tq, "BLOCK_M", B * H)](
+                q, k, v, do, lse, delta, dq, lengths, *ctx.scalars, **ctx.meta)
+        else:  # no queries: no gradient reaches k or v
+            dk.zero_()
+            dv.zero_()
+        return dq, dk, dv, None, None, None, None
+
+
+def _validate(q, k, v, key_lengths, window) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(f"{name} must be a 4-D tensor (B, H, T, D), got {getattr(t, 'shape', type(t))}")
+        if t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            raise ValueError(f"{name} must be fp16, bf16 or fp32, got {t.dtype}")
+        check_device(name, t)
+    if not (q.dtype == k.dtype == v.dtype and q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must share dtype and device, got {q.dtype}/{k.dtype}/{v.dtype} on "
+                         f"{q.device}/{k.device}/{v.device}")
+    (B, H, Tq, D), Tk = q.shape, k.shape[2]
+    if k.shape != v.shape or k.shape[:2] != (B, H) or k.shape[3] != D:
+        raise ValueError(f"expected k, v of shape (B={B}, H={H}, Tk, D={D}), got {tuple(k.shape)}, {tuple(v.shape)}")
+    if Tq > Tk:
+        raise ValueError(f"query length {Tq} exceeds key length {Tk}; queries are aligned to the end of the keys")
+    if B * H > 65535:
+        raise ValueError(f"B·H = {B * H} exceeds 65535, the CUDA limit of the grid axis the kernels use for it")
+    if not 1 <= D <= MAX_HEAD_DIM:
+        raise ValueError(f"head dim {D} not supported: use 1..{MAX_HEAD_DIM} (tiles are padded to a power of two)")
+    if window is not None and (not isinstance(window, int) or window < 1):
+        raise ValueError(f"window must be an int >= 1 or None, got {window!r}")
+    if key_lengths is not None:
+        if not isinstance(key_lengths, torch.Tensor) or key_lengths.shape != (B,) or key_lengths.is_floating_point():
+            raise ValueError(f"key_lengths must be an int tensor of shape ({B},), got {key_lengths!r}")
+        if key_lengths.device != q.device:
+            raise ValueError(f"key_lengths is on {key_lengths.device}, q on {q.device}")
+
+
+def flash_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = False,
+    key_lengths: torch.Tensor | None = None,
+    window: int | None = None,
+    scale: float | None = None,
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Exact attention ``softmax(q kᵀ · scale + mask) v`` with the FlashAttention-2 algorithm; differentiable in
+    q, k, v. Same result as ``kernels.reference.attention_reference`` (see its module docstring for the mask).
+
+    Args:
+        q: ``(B, H, Tq, D)``; k, v: ``(B, H, Tk, D)`` with ``Tq <= Tk``, ``1 <= D <= 128``; all fp16, bf16 or fp32
+            on one CUDA device (or CPU under ``TRITON_INTERPRET=1``). Non-contiguous inputs are copied.
+        causal: query i (absolute position ``i + Tk - Tq``) sees keys at or before its position.
+        key_lengths: ``(B,)`` int, real keys per sequence (right padding); values are clamped to ``[0, Tk]``.
+            Query rows at or past the length output zeros, have lse = -inf and get zero gradients.
+        window: sliding window: keys at most ``window - 1`` positions to the left (and, when not causal, to the
+            right); tiles outside it are skipped, so cost grows as T·window.
+        scale: score multiplier, default ``1/sqrt(D)``.
+        return_lse: also return the per-row log-sum-exp (no gradient flows through it).
+
+    Returns:
+        o ``(B, H, Tq, D)`` in q's dtype, or ``(o, lse)`` with lse ``(B, H, Tq)`` fp32 (natural log, -inf on rows
+        with no visible key).
+    """
+    _validate(q, k, v, key_lengths, window)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    o, lse = _FlashAttention.apply(q, k, v, bool(causal), key_lengths, window, scale)
+    return (o, lse) if return_lse else o

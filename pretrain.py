@@ -2,11 +2,20 @@
 
     python pretrain.py --config configs/shakespeare_char_cpu.toml
     python pretrain.py --data my_texts/ --out out/mine --max-steps 5000 --device cuda
+    python pretrain.py --objective mlm --packing lines --data-format cws --data train.txt --val dev.txt --out out/mlm
 
-Builds a character vocabulary from the training text, trains with the objective chosen (``clm``: next-character
-prediction, for generation), evaluates every ``--eval-interval`` steps in nats and bits per character, keeps the
-best checkpoint, and at the end scores the whole validation text and writes ``OUT/results.json``. ``--resume``
-continues an interrupted run from ``OUT/last`` with the same loss curve.
+Builds a character vocabulary from the training text, trains with the objective chosen, evaluates every
+``--eval-interval`` steps, keeps the best checkpoint, and at the end scores the whole validation text and writes
+``OUT/results.json``. ``--resume`` continues an interrupted run from ``OUT/last`` with the same loss curve.
+
+Objectives: ``clm`` (default) is next-character prediction for a causal model (generation), scored in nats and
+bits per character. ``mlm`` is BERT-style masked-character prediction for a bidirectional encoder (it implies
+``--causal false``; such an encoder is what finetune.py starts from), scored as loss (nats) and accuracy on the
+masked characters of a fixed masking of the validation text (``val_bpc`` is null: a masked-LM loss is not a
+bits-per-character figure). ``--packing lines`` (mlm only) takes each line as a sentence or document and packs
+whole lines into blocks separated by [SEP]; the default ``windows`` cuts blocks anywhere in the text.
+``--data-format cws`` reads word-segmented files (one sentence per line, words separated by ASCII spaces) and
+drops the separators, so the training text of a segmentation corpus can be used for pretraining.
 """
 
 from __future__ import annotations
@@ -21,11 +30,12 @@ import torch
 
 from charformer.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from charformer.cli import add_dataclass_options, build_dataclass, parse_with_config
-from charformer.data import encode_array, read_corpus, split_corpus
+from charformer.data import collect_files, encode_array, line_segments, read_corpus, split_corpus
 from charformer.distributed import barrier, init_distributed, shutdown
 from charformer.errors import CharformerError, run_cli
 from charformer.model import CharTransformer, ModelConfig
-from charformer.objectives import CausalLM, sample_text
+from charformer.objectives import CausalLM, MaskedLM, sample_text
+from charformer.tasks.readers import read_cws
 from charformer.train import TrainConfig, clear_run, fit, pick_device
 from charformer.vocab import CharVocab
 
@@ -41,7 +51,22 @@ class DataConfig:
     eval_batches: int = 20  # batches per periodic evaluation (0: the whole validation text)
     sample_prompt: str = "\n"
     sample_chars: int = 200
-    objective: str = "clm"
+    objective: str = "clm"  # "clm" (next character, causal) or "mlm" (masked characters, bidirectional)
+    packing: str = "windows"  # mlm blocks: "windows" of raw text, or "lines" packed whole with [SEP]
+    mask_prob: float = 0.15  # mlm: share of characters chosen for prediction
+    data_format: str = "text"  # "text", or "cws": word-segmented lines whose space separators are dropped
+
+    def __post_init__(self):
+        if self.objective not in ("clm", "mlm"):
+            raise ValueError(f"unknown objective {self.objective!r} (available: clm, mlm)")
+        if self.packing not in ("windows", "lines"):
+            raise ValueError(f"packing must be 'windows' or 'lines', got {self.packing!r}")
+        if self.packing == "lines" and self.objective != "mlm":
+            raise ValueError("--packing lines is for --objective mlm")
+        if not 0 < self.mask_prob < 1:
+            raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
+        if self.data_format not in ("text", "cws"):
+            raise ValueError(f"data_format must be 'text' or 'cws', got {self.data_format!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,17 +83,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def read_texts(paths: list[str], data_format: str) -> str:
+    """The text of `paths`: as it is, or (``cws``) the sentences of segmented files, one per line."""
+    if data_format == "text":
+        return read_corpus(paths)
+    return "".join(sentence.text + "\n" for f in collect_files(paths) for sentence in read_cws(f))
+
+
 def prepare_data(args, data_cfg: DataConfig, out: Path, resume: bool):
-    """Read the corpus, build (or, when resuming, reload) the vocabulary, encode train/val once."""
+    """Read the corpus, build (or, when resuming, check) the vocabulary. Returns (vocab, train_text, val_text)."""
     if isinstance(args.data, str):
         args.data = [args.data]
     if isinstance(args.val, str):
         args.val = [args.val]
     if not args.data:
         raise CharformerError("no training text: give --data PATH (or 'data' in the config file)")
-    text = read_corpus(args.data)
+    text = read_texts(args.data, data_cfg.data_format)
     if args.val:
-        train_text, val_text = text, read_corpus(args.val)
+        train_text, val_text = text, read_texts(args.val, data_cfg.data_format)
     else:
         train_text, val_text = split_corpus(text, data_cfg.val_fraction)
     if not train_text.strip():
@@ -81,7 +113,30 @@ def prepare_data(args, data_cfg: DataConfig, out: Path, resume: bool):
         )
     print(f"corpus: {len(train_text):,} train / {len(val_text):,} val characters; vocabulary {len(vocab):,} ids, "
           f"val coverage {vocab.coverage(val_text):.4%}")
-    return vocab, encode_array(vocab, train_text), encode_array(vocab, val_text)
+    return vocab, train_text, val_text
+
+
+def make_objective(data_cfg: DataConfig, vocab: CharVocab, train_text: str, val_text: str, block_size: int,
+                   batch_size: int) -> CausalLM | MaskedLM:
+    """The pretraining objective of `data_cfg`, with its training and validation text encoded once."""
+    if data_cfg.packing == "lines":
+        train, val = line_segments(train_text, vocab, block_size), line_segments(val_text, vocab, block_size)
+        for name, segments in (("training", train), ("validation", val)):
+            if not segments:
+                raise CharformerError(f"the {name} text has no non-empty line to pack")
+    else:
+        train, val = encode_array(vocab, train_text), encode_array(vocab, val_text)
+        for name, tokens in (("training", train), ("validation", val)):
+            if len(tokens) < block_size + 1:
+                raise CharformerError(
+                    f"the {name} text has {len(tokens)} characters, fewer than one block of {block_size + 1}: "
+                    "use more text or a smaller --block-size"
+                )
+    if data_cfg.objective == "mlm":
+        return MaskedLM(train, val, vocab, block_size=block_size, batch_size=batch_size, packing=data_cfg.packing,
+                        mask_prob=data_cfg.mask_prob, eval_batches=data_cfg.eval_batches)
+    return CausalLM(train, val, vocab, block_size=block_size, batch_size=batch_size, eval_batches=data_cfg.eval_batches,
+                    sample_prompt=data_cfg.sample_prompt, sample_chars=data_cfg.sample_chars)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,19 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     resume = bool(args.resume)
     data_cfg = build_dataclass(DataConfig, args)
     train_cfg = build_dataclass(TrainConfig, args)
-    if data_cfg.objective != "clm":
-        raise CharformerError(f"unknown objective {data_cfg.objective!r} (available: clm)")
+    mlm = data_cfg.objective == "mlm"
+    if args.causal is not None and args.causal == mlm:
+        raise CharformerError(f"--objective {data_cfg.objective} needs --causal {str(not mlm).lower()} "
+                              "(a masked LM is bidirectional, a next-character LM causal)")
     if not resume and not args.overwrite and (out / "last").exists():
         raise CharformerError(f"{out} already holds a run: pass --resume to continue it, --overwrite to replace it, "
                               "or choose another --out")
-    vocab, train_tokens, val_tokens = prepare_data(args, data_cfg, out, resume)
-    model_cfg = build_dataclass(ModelConfig, args, vocab_size=len(vocab))
-    for name, tokens in (("training", train_tokens), ("validation", val_tokens)):
-        if len(tokens) < model_cfg.block_size + 1:
-            raise CharformerError(
-                f"the {name} text has {len(tokens)} characters, fewer than one block of {model_cfg.block_size + 1}: "
-                "use more text or a smaller --block-size"
-            )
+    vocab, train_text, val_text = prepare_data(args, data_cfg, out, resume)
+    model_cfg = build_dataclass(ModelConfig, args, vocab_size=len(vocab), causal=not mlm)
     if resume:
         _, saved_cfg, _ = read_meta(out / "last")
         if saved_cfg != model_cfg:
@@ -122,9 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     say(f"model: {model.num_params() / 1e6:.2f}M parameters, {model_cfg.n_layers} layers x {model_cfg.n_heads} heads x "
           f"d_model {model_cfg.d_model}, block {model_cfg.block_size}, {'causal' if model_cfg.causal else 'bidirectional'}, "
           f"attention {model_cfg.attn_impl}, device {device}")
-    objective = CausalLM(train_tokens, val_tokens, vocab, block_size=model_cfg.block_size,
-                         batch_size=train_cfg.batch_size * dist_info.world_size,  # a global batch; each rank takes a slice
-                         eval_batches=data_cfg.eval_batches, sample_prompt=data_cfg.sample_prompt, sample_chars=data_cfg.sample_chars)
+    # a global batch; each rank takes a slice
+    objective = make_objective(data_cfg, vocab, train_text, val_text, model_cfg.block_size,
+                               train_cfg.batch_size * dist_info.world_size)
     extra = {"objective": data_cfg.objective, "data": asdict(data_cfg), "world_size": dist_info.world_size,
              "effective_batch": global_batch}
 
@@ -142,11 +193,13 @@ def main(argv: list[str] | None = None) -> int:
 
     best, _, _ = load_checkpoint(out / "best", device=device)
     final = objective.evaluate_full(best)
-    sample = sample_text(best, vocab, data_cfg.sample_prompt, data_cfg.sample_chars, seed=train_cfg.seed)
+    sample = None if mlm else sample_text(best, vocab, data_cfg.sample_prompt, data_cfg.sample_chars, seed=train_cfg.seed)
     results = {
-        "val_loss": final["loss"],
-        "val_bpc": final["bpc"],
-        "val_chars": final["chars"],
+        "objective": data_cfg.objective,
+        "val_loss": final["loss"],  # nats per character (mlm: per masked character)
+        "val_bpc": final.get("bpc"),  # null for mlm
+        **({"val_mlm_accuracy": final["accuracy"]} if mlm else {}),
+        "val_chars": final["chars"],  # characters scored (mlm: the masked ones)
         "steps": summary["steps"],
         "chars_seen": summary["chars_seen"],
         "wall_seconds": round(time.time() - t_start, 1),
@@ -161,10 +214,15 @@ def main(argv: list[str] | None = None) -> int:
         "sample": sample,
     }
     (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    print(f"\nval loss {final['loss']:.4f} nats/char = {final['bpc']:.4f} bits/char over all {final['chars']:,} "
-          f"validation characters (best checkpoint: {out / 'best'})")
+    if mlm:
+        print(f"\nmasked-character loss {final['loss']:.4f} nats, accuracy {final['accuracy']:.2%} over "
+              f"{final['chars']:,} masked validation characters (best checkpoint: {out / 'best'})")
+    else:
+        print(f"\nval loss {final['loss']:.4f} nats/char = {final['bpc']:.4f} bits/char over all {final['chars']:,} "
+              f"validation characters (best checkpoint: {out / 'best'})")
     print(f"loss curve: {out / 'curves.png'}   results: {out / 'results.json'}")
-    print(f"sample:\n{sample}")
+    if sample is not None:
+        print(f"sample:\n{sample}")
     return 0
 
 

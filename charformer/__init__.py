@@ -3,7 +3,9 @@
 Modules, in reading order: `vocab` (characters <-> ids), `model` (the transformer), `attention` (one entry point
 for every attention implementation), `generate` (sampling with a KV cache), `data` (corpora and batches),
 `objectives` (what a model is trained to predict), `train` (the one training loop), `checkpoint` (safetensors +
-JSON), `cli` and `runlog` (plumbing), `sample` (command-line sampling).
+JSON), `cli` and `runlog` (plumbing), `sample` (command-line sampling). Fine-tuning: `tasks` (readers, tagging
+schemes, metrics, heads, objectives for segmentation, NER and classification) and its command-line tools
+`segment`, `tag` and `classify`.
 """
 
 from .checkpoint import load_checkpoint, save_checkpoint

@@ -58,18 +58,20 @@ def build_dataclass(cls, args: argparse.Namespace, **overrides):
 
 
 def add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (), group: str | None = None) -> None:
-    """Add one ``--field-name`` option per field of dataclass `cls` (type from its default), default None."""
+    """Add one ``--field-name`` option per field of dataclass `cls` (type from its default), default None. A
+    field's ``metadata["help"]``, if any, is its help text. A boolean option given alone means true."""
     target = parser.add_argument_group(group) if group else parser
     for f in fields(cls):
         if f.name in skip:
             continue
         default = f.default
         flag = "--" + f.name.replace("_", "-")
+        text = f"{f.metadata['help']} (default: {default!r})" if "help" in f.metadata else f"(default: {default})"
         if isinstance(default, bool):
-            target.add_argument(flag, type=_parse_bool, default=None, metavar="BOOL", help=f"(default: {default})")
+            target.add_argument(flag, type=_parse_bool, nargs="?", const=True, default=None, metavar="BOOL", help=text)
         else:
             kind = {"int": int, "float": float, "str": str}.get(type(default).__name__, _int_or_none)
-            target.add_argument(flag, type=kind, default=None, help=f"(default: {default})")
+            target.add_argument(flag, type=kind, default=None, help=text)
 
 
 def _parse_bool(text: str) -> bool:

@@ -6,6 +6,10 @@ validation parts: a separate validation file, or the last `val_fraction` of the 
 Shakespeare, so bits-per-character figures compare). Training draws random windows of ``block_size + 1``
 characters (inputs and next-character targets, nanoGPT style); evaluation walks the whole validation text in
 consecutive windows so that every character is scored exactly once.
+
+Line-structured corpora (one sentence or document per line) can instead be cut into *segments* (a line, or a
+piece of a line longer than a block) and packed into blocks of whole segments separated by ``[SEP]``, the way
+BERT packs sentences (Devlin et al. 2019); the packed blocks are right-padded and carry their lengths.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 import torch
 
 from .errors import CharformerError
-from .vocab import CharVocab
+from .vocab import PAD_ID, SEP_ID, CharVocab
 
 IGNORE_INDEX = -100  # target value that cross-entropy skips (padding, unmasked positions in MLM)
 
@@ -35,12 +39,20 @@ def read_text(path: str | Path) -> str:
         raise CharformerError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise CharformerError(f"{path}: is a directory, expected a text file") from None
+    return decode_utf8(data, str(path))
+
+
+def decode_utf8(data: bytes, name: str) -> str:
+    """Decode UTF-8 bytes (a leading BOM is dropped); `name` (a path, or "<stdin>") prefixes the error.
+
+    Raises CharformerError naming the byte offset and the line of the first invalid byte.
+    """
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise CharformerError(
-            f"{path}: not valid UTF-8 at byte offset {e.start} (line {line}): {e.reason}"
+            f"{name}: not valid UTF-8 at byte offset {e.start} (line {line}): {e.reason}"
         ) from None
     return text[1:] if text.startswith("\ufeff") else text
 
@@ -114,3 +126,62 @@ def sequential_windows(tokens: np.ndarray, block_size: int, batch_size: int) -> 
             x[row, :n] = torch.from_numpy(tokens[s : s + n].astype(np.int64))
             y[row, :n] = torch.from_numpy(tokens[s + 1 : s + 1 + n].astype(np.int64))
         yield x, y
+
+
+def pad_sequences(seqs: Sequence[Sequence[int]], pad: int = PAD_ID, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad id sequences into ``(len(seqs), width)`` int64 (width default: the longest) with `pad`;
+    also return their lengths ``(len(seqs),)`` int64."""
+    width = max((len(s) for s in seqs), default=0) if width is None else width
+    out = torch.full((len(seqs), width), pad, dtype=torch.int64)
+    for row, s in enumerate(seqs):
+        out[row, : len(s)] = torch.as_tensor(np.asarray(s, dtype=np.int64))
+    return out, torch.tensor([len(s) for s in seqs], dtype=torch.int64)
+
+
+def consecutive_blocks(tokens: np.ndarray, block_size: int) -> list[np.ndarray]:
+    """Cut the text into consecutive blocks of `block_size` ids (the last one may be shorter), so every
+    character is in exactly one block."""
+    return [tokens[s : s + block_size] for s in range(0, len(tokens), block_size)]
+
+
+def line_segments(text: str, vocab: CharVocab, max_len: int) -> list[np.ndarray]:
+    """Encode each non-empty line of `text` (split on ``\\n`` only) and cut lines longer than `max_len` into
+    consecutive pieces, so that no character is dropped. Returns the segments in text order."""
+    segments = []
+    for line in text.split("\n"):
+        if line:
+            ids = encode_array(vocab, line)
+            segments.extend(ids[s : s + max_len] for s in range(0, len(ids), max_len))
+    return segments
+
+
+def pack_segments(segments: Sequence[np.ndarray], first: int, block_size: int) -> list[int]:
+    """Segments ``first, first + 1, ...`` joined by ``[SEP]`` for as long as the next one still fits in
+    `block_size` ids (at least the first one, which must itself fit)."""
+    ids = segments[first].tolist()
+    nxt = first + 1
+    while nxt < len(segments) and len(ids) + 1 + len(segments[nxt]) <= block_size:
+        ids += [SEP_ID, *segments[nxt].tolist()]
+        nxt += 1
+    return ids
+
+
+def packed_blocks(segments: Sequence[np.ndarray], block_size: int) -> list[list[int]]:
+    """Pack every segment, in order, into blocks (`pack_segments` greedily): each segment is in exactly one
+    block, so a fixed evaluation set covers the text once."""
+    blocks, i = [], 0
+    while i < len(segments):
+        block = pack_segments(segments, i, block_size)
+        i += block.count(SEP_ID) + 1  # segments hold character ids only, so each [SEP] joins one more segment
+        blocks.append(block)
+    return blocks
+
+
+def random_packed(segments: Sequence[np.ndarray], block_size: int, batch_size: int,
+                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batch_size` blocks, each packed from a random segment onwards: ids ``(batch_size, block_size)`` int64
+    right-padded with ``[PAD]``, and lengths ``(batch_size,)``. Uses `generator` only."""
+    if not segments:
+        raise CharformerError("no non-empty lines to pack")
+    firsts = torch.randint(len(segments), (batch_size,), generator=generator).tolist()
+    return pad_sequences([pack_segments(segments, f, block_size) for f in firsts], width=block_size)

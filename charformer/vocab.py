@@ -106,6 +106,16 @@ class CharVocab:
         get = self.stoi.get
         return [get(c, UNK_ID) for c in self.normalize(text)]
 
+    def encode_aligned(self, text: str) -> list[int]:
+        """One id per code point of `text`, each character normalized on its own, so that ids stay aligned with
+        the characters (for per-character tags) even where normalization would merge or split characters; a
+        character that is unknown or does not normalize to a single code point -> `UNK_ID`. Equals `encode`
+        for a vocabulary without normalization."""
+        if not self.normalization:
+            return self.encode(text)
+        get = self.stoi.get
+        return [get(n, UNK_ID) if len(n := self.normalize(c)) == 1 else UNK_ID for c in text]
+
     def decode(self, ids: Iterable[int], *, keep_special: bool = False) -> str:
         """Ids -> text. Special tokens are dropped, or written as their names (``[UNK]``) with `keep_special`."""
         n_special = len(SPECIAL_TOKENS)

@@ -1,0 +1,40 @@
+"""Classify texts with a fine-tuned classification checkpoint (finetune.py --task classify).
+
+    python -m charformer.classify --ckpt out/chnsenticorp reviews.txt
+    echo 房间很干净，服务也好 | python -m charformer.classify --ckpt out/chnsenticorp --probs
+
+One text per line in; each line out as ``LABEL<TAB>TEXT`` (with ``--probs``: ``LABEL<TAB>PROBABILITY<TAB>TEXT``),
+the text and its line ending unchanged, so the output is the TSV format the classifier trains on. Empty lines
+pass through empty. Texts longer than the model's block are read whole, in chunks.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import run_cli
+from .tasks.inference import base_parser, load_for, read_lines, show_progress, write
+from .tasks.objectives import classify_texts
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = base_parser(__doc__)
+    p.add_argument("--probs", action="store_true", help="add the probability of the predicted label")
+    args = p.parse_args(argv)
+    model, vocab, _ = load_for(args, "classify")
+    lines = read_lines(args.file)
+    filled = [i for i, (text, _) in enumerate(lines) if text]
+    with torch.inference_mode():
+        probs = classify_texts(model, vocab, [lines[i][0] for i in filled], batch_size=args.batch_size,
+                               progress=show_progress(lines))
+    out = [ending for _, ending in lines]  # empty lines stay empty
+    for i, row in zip(filled, probs):
+        text, ending = lines[i]
+        label = model.head.labels[int(row.argmax())]
+        out[i] = f"{label}\t{float(row.max()):.4f}\t{text}{ending}" if args.probs else f"{label}\t{text}{ending}"
+    write("".join(out))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,77 @@
+"""Segment text into words with a fine-tuned word-segmentation checkpoint (finetune.py --task cws).
+
+    python -m charformer.segment --ckpt out/ctb6_cws input.txt > segmented.txt
+    echo 中国人民站起来了 | python -m charformer.segment --ckpt out/ctb6_cws        # 中国 人民 站 起来 了
+
+One sentence per line in; the same line out with its words separated by single ASCII spaces. Empty lines and
+line endings (LF or CRLF) pass through, and no character is dropped or changed: full-width forms, Latin,
+digits, punctuation and U+3000 come out as they went in. Lines longer than the model's block are read in
+overlapping windows.
+
+An ASCII space inside an input line cannot be told from a separator, so it is written as a word of its own:
+"a b" (a, space, b) comes out as "a", " ", "b" joined by separators, i.e. "a   b". The output is therefore
+always exactly invertible: `join_words` (``--join``) reads it back, each literal space being the one that sits
+between two separators, and ``"".join(line.split(" ")) == input`` holds for every input line without ASCII
+spaces.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from .errors import CharformerError, run_cli
+from .tasks.inference import base_parser, load_for, read_lines, show_progress, write
+from .tasks.objectives import tag_texts
+from .tasks.schemes import spans_to_words
+
+
+def format_words(words: list[str]) -> str:
+    """Words joined by single spaces, each ASCII space inside a word first split off as a word of its own."""
+    pieces = [piece for word in words for piece in re.split("( )", word) if piece]
+    return " ".join(pieces)
+
+
+def join_words(line: str) -> str:
+    """Invert `format_words`: the text whose segmentation `line` is. Raises ValueError for a line that no
+    segmentation gives (an empty word: a separator at either end, or after a space word without another)."""
+    words, i = [], 0
+    while i < len(line):
+        if line[i] == " ":  # a word starting with a space is a literal space
+            words.append(" ")
+            i += 1
+        else:
+            end = line.find(" ", i)
+            end = len(line) if end < 0 else end
+            words.append(line[i:end])
+            i = end
+        if i < len(line):
+            if line[i] != " " or i + 1 == len(line):
+                raise ValueError(f"not segmenter output at character {i}: {line!r}")
+            i += 1  # the separator
+    return "".join(words)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = base_parser(__doc__)
+    p.add_argument("--join", action="store_true", help="the inverse: read segmented lines, write the text back")
+    args = p.parse_args(argv)
+    if args.join:
+        for n, (text, ending) in enumerate(read_lines(args.file), 1):
+            try:
+                write(join_words(text) + ending)
+            except ValueError as e:
+                raise CharformerError(f"{args.file or '<stdin>'}:{n}: {e}") from None
+        return 0
+    model, vocab, task = load_for(args, "cws")
+    lines = read_lines(args.file)
+    with torch.inference_mode():
+        spans = tag_texts(model, vocab, [text for text, _ in lines], batch_size=args.batch_size,
+                          overlap=task["overlap"], progress=show_progress(lines))
+    write("".join(format_words(spans_to_words(text, s)) + ending for (text, ending), s in zip(lines, spans)))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

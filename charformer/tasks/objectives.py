@@ -1,0 +1,193 @@
+"""The fine-tuning objectives handed to `charformer.train.fit`, and the batched prediction that evaluation and
+the command-line tools share.
+
+Training draws random batches with the loop's generator alone (so a resumed run draws the same batches): for
+tagging, pieces of sentences that fit a block (`windows.training_pieces`, cut at word or entity boundaries);
+for classification, whole texts as chunks. One *epoch* is as many draws as there are training pieces or texts
+(with replacement). Evaluation predicts every dev sentence whole, stitching windows where it is longer than a
+block (`windows.plan_windows`), so each character gets exactly one tag, and scores it with the task metric:
+word F1 for segmentation, entity F1 for NER, accuracy for classification (`metrics`).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from tqdm import tqdm
+
+from ..data import IGNORE_INDEX, pad_sequences
+from ..vocab import CLS_ID, CharVocab
+from .heads import Classifier, Tagger
+from .metrics import classification_scores, cws_scores, entity_scores
+from .readers import Document, Sentence
+from .schemes import spans_to_tags, spans_to_words, tags_to_spans
+from .windows import chunks, clip_spans, plan_windows, training_pieces
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def predict_tags(model: Tagger, id_seqs: Sequence[Sequence[int]], *, batch_size: int, overlap: int,
+                 progress: bool = False) -> list[list[int]]:
+    """Tag indices of every sentence (lists of character ids, any length): the windows of all sentences go
+    through the model in batches of `batch_size` (longest first, so batches pad little), their kept scores are
+    stitched per sentence, and each sentence is decoded whole. Call under no_grad, in eval mode."""
+    device, size, n_tags = _device(model), model.body.cfg.block_size, len(model.head.tags)
+    scores = [torch.zeros(len(ids), n_tags) for ids in id_seqs]  # stitched (n_i, K) per sentence, on the CPU
+    rows = [(i, w) for i, ids in enumerate(id_seqs) for w in plan_windows(len(ids), size, overlap)]
+    rows.sort(key=lambda row: row[1].end - row[1].start, reverse=True)
+    for b in tqdm(range(0, len(rows), batch_size), desc="predict", unit="batch", disable=not progress, leave=False):
+        batch = rows[b : b + batch_size]
+        ids, lengths = pad_sequences([id_seqs[i][w.start : w.end] for i, w in batch])
+        out = model(ids.to(device), lengths.to(device)).cpu()  # (B, T, K)
+        for (i, w), row in zip(batch, out):
+            scores[i][w.keep_start : w.keep_end] = row[w.keep_start - w.start : w.keep_end - w.start]
+    paths: list[list[int]] = [[] for _ in id_seqs]
+    order = sorted((i for i, ids in enumerate(id_seqs) if len(ids)), key=lambda i: len(id_seqs[i]))
+    for b in range(0, len(order), batch_size):
+        batch = order[b : b + batch_size]
+        lengths = torch.tensor([len(id_seqs[i]) for i in batch])
+        padded = torch.zeros(len(batch), int(lengths.max()), n_tags)
+        for row, i in enumerate(batch):
+            padded[row, : len(scores[i])] = scores[i]
+        for i, path in zip(batch, model.head.decode(padded.to(device), lengths.to(device))):
+            paths[i] = path
+    return paths
+
+
+def chunk_batch(id_seqs: Sequence[Sequence[int]], block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Texts as ``[CLS] + chunk`` rows: ids ``(D, N, T)`` int64 and lengths ``(D, N)`` (0 for unused chunk
+    slots), N the most chunks of any text, T <= block_size."""
+    per_text = [[[CLS_ID, *ids[s:e]] for s, e in chunks(len(ids), block_size - 1)] for ids in id_seqs]
+    n_chunks = max((len(c) for c in per_text), default=0)
+    width = max((len(row) for c in per_text for row in c), default=1)
+    ids = torch.zeros(len(id_seqs), n_chunks, width, dtype=torch.int64)
+    lengths = torch.zeros(len(id_seqs), n_chunks, dtype=torch.int64)
+    for d, text_chunks in enumerate(per_text):
+        padded, n = pad_sequences(text_chunks, width=width)
+        ids[d, : len(text_chunks)], lengths[d, : len(text_chunks)] = padded, n
+    return ids, lengths
+
+
+def predict_label_probs(model: Classifier, id_seqs: Sequence[Sequence[int]], *, batch_size: int,
+                        progress: bool = False) -> torch.Tensor:
+    """Label probabilities ``(len(id_seqs), L)`` of non-empty texts, predicted in batches of `batch_size` texts
+    (shortest first). Call under no_grad, in eval mode."""
+    device = _device(model)
+    probs = torch.zeros(len(id_seqs), len(model.head.labels))
+    order = sorted(range(len(id_seqs)), key=lambda i: len(id_seqs[i]))
+    for b in tqdm(range(0, len(order), batch_size), desc="predict", unit="batch", disable=not progress, leave=False):
+        batch = order[b : b + batch_size]
+        ids, lengths = chunk_batch([id_seqs[i] for i in batch], model.body.cfg.block_size)
+        probs[batch] = model(ids.to(device), lengths.to(device)).softmax(-1).cpu()
+    return probs
+
+
+def tag_texts(model: Tagger, vocab: CharVocab, texts: Sequence[str], *, batch_size: int, overlap: int,
+              progress: bool = False) -> list[list]:
+    """Predicted spans (words or entities, see `schemes.tags_to_spans`) of each text."""
+    tags = model.head.tags
+    paths = predict_tags(model, [vocab.encode_aligned(t) for t in texts], batch_size=batch_size, overlap=overlap,
+                         progress=progress)
+    return [tags_to_spans([tags[i] for i in path]) for path in paths]
+
+
+def classify_texts(model: Classifier, vocab: CharVocab, texts: Sequence[str], *, batch_size: int,
+                   progress: bool = False) -> torch.Tensor:
+    """Label probabilities ``(len(texts), L)`` of non-empty texts."""
+    return predict_label_probs(model, [vocab.encode_aligned(t) for t in texts], batch_size=batch_size, progress=progress)
+
+
+class TaggingObjective:
+    """Segmentation or NER as character tagging. `task` is the task description (``task``, ``tags``,
+    ``scheme``, ``overlap``); `train_words` (segmentation) is the training word list for OOV recall."""
+
+    metric = "f1"
+    higher_is_better = True
+
+    def __init__(self, task: dict, train: Sequence[Sentence], dev: Sequence[Sentence], vocab: CharVocab, *,
+                 block_size: int, batch_size: int, eval_batch_size: int, train_words: set[str] | None = None):
+        self.task, self.dev, self.vocab = task, list(dev), vocab
+        self.batch_size, self.eval_batch_size, self.train_words = batch_size, eval_batch_size, train_words or set()
+        index = {tag: i for i, tag in enumerate(task["tags"])}
+        self.pieces: list[tuple[list[int], list[int]]] = []
+        for sentence in train:
+            ids = vocab.encode_aligned(sentence.text)
+            for a, b in training_pieces(sentence.spans, len(ids), block_size):
+                tags = spans_to_tags(clip_spans(sentence.spans, a, b), b - a, task["scheme"])
+                self.pieces.append((ids[a:b], [index[t] for t in tags]))
+
+    @property
+    def n_train(self) -> int:
+        return len(self.pieces)
+
+    def batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """ids ``(B, T)``, lengths ``(B,)``, tags ``(B, T)`` (`IGNORE_INDEX` on padding)."""
+        picks = [self.pieces[i] for i in torch.randint(len(self.pieces), (self.batch_size,), generator=generator).tolist()]
+        ids, lengths = pad_sequences([p[0] for p in picks])
+        tags, _ = pad_sequences([p[1] for p in picks], pad=IGNORE_INDEX)
+        return ids, lengths, tags
+
+    def loss(self, model, batch) -> tuple[torch.Tensor, int]:
+        ids, lengths, tags = batch
+        return model(ids, lengths, tags), int(lengths.sum())
+
+    def score(self, model: Tagger, sentences: Sequence[Sentence], progress: bool = False) -> dict:
+        """All metrics of the task on `sentences` (segmentation: `cws_scores`; NER: `entity_scores`)."""
+        predicted = tag_texts(model, self.vocab, [s.text for s in sentences], batch_size=self.eval_batch_size,
+                              overlap=self.task["overlap"], progress=progress)
+        if self.task["task"] == "cws":
+            return cws_scores([spans_to_words(s.text, s.spans) for s in sentences],
+                              [spans_to_words(s.text, p) for s, p in zip(sentences, predicted)], self.train_words)
+        return entity_scores([s.spans for s in sentences], predicted)
+
+    def evaluate(self, model) -> dict[str, float]:
+        return {k: v for k, v in self.score(model, self.dev).items() if isinstance(v, float)}
+
+    def report(self, model) -> None:
+        return None
+
+
+class ClassificationObjective:
+    """Text classification over the label list ``task["labels"]``."""
+
+    metric = "accuracy"
+    higher_is_better = True
+
+    def __init__(self, task: dict, train: Sequence[Document], dev: Sequence[Document], vocab: CharVocab, *,
+                 block_size: int, batch_size: int, eval_batch_size: int):
+        self.task, self.dev, self.vocab, self.block_size = task, list(dev), vocab, block_size
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        index = {label: i for i, label in enumerate(task["labels"])}
+        self.train_ids = [vocab.encode_aligned(d.text) for d in train]
+        self.train_labels = [index[d.label] for d in train]
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train_ids)
+
+    def batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """ids ``(D, N, T)``, lengths ``(D, N)``, labels ``(D,)``: see `chunk_batch`."""
+        picks = torch.randint(len(self.train_ids), (self.batch_size,), generator=generator).tolist()
+        ids, lengths = chunk_batch([self.train_ids[i] for i in picks], self.block_size)
+        return ids, lengths, torch.tensor([self.train_labels[i] for i in picks])
+
+    def loss(self, model, batch) -> tuple[torch.Tensor, int]:
+        ids, lengths, labels = batch
+        return model(ids, lengths, labels), int((lengths - (lengths > 0).long()).sum())  # [CLS] not counted
+
+    def score(self, model: Classifier, documents: Sequence[Document], progress: bool = False) -> dict:
+        """Accuracy, macro-F1 and the confusion matrix on `documents`."""
+        labels = model.head.labels
+        probs = classify_texts(model, self.vocab, [d.text for d in documents], batch_size=self.eval_batch_size,
+                               progress=progress)
+        predicted = probs.argmax(-1).tolist()
+        return classification_scores([d.label for d in documents], [labels[i] for i in predicted], labels)
+
+    def evaluate(self, model) -> dict[str, float]:
+        return {k: v for k, v in self.score(model, self.dev).items() if isinstance(v, float)}
+
+    def report(self, model) -> None:
+        return None

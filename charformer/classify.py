@@ -4,8 +4,10 @@
     echo 房间很干净，服务也好 | python -m charformer.classify --ckpt out/chnsenticorp --probs
 
 One text per line in; each line out as ``LABEL<TAB>TEXT`` (with ``--probs``: ``LABEL<TAB>PROBABILITY<TAB>TEXT``),
-the text and its line ending unchanged, so the output is the TSV format the classifier trains on. Empty lines
-pass through empty. Texts longer than the model's block are read whole, in chunks.
+the text and its line ending (LF, CRLF or CR) unchanged, so the output is the TSV format the classifier trains
+on. A TAB inside a text is kept too, so split a row at its first one (two with ``--probs``) only. Empty lines
+pass through empty; a leading byte-order mark is dropped (`charformer.data`). Texts longer than the model's
+block are read whole, in chunks.
 """
 
 from __future__ import annotations

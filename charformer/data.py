@@ -1,11 +1,22 @@
 """Reading text corpora and drawing training batches of characters.
 
-A corpus is one or more UTF-8 files (or folders of them). It is decoded with a precise error on bad bytes,
-encoded once into a numpy array of ids (uint16 when the vocabulary fits, else uint32), and split into train and
-validation parts: a separate validation file, or the last `val_fraction` of the text (as nanoGPT splits Tiny
-Shakespeare, so bits-per-character figures compare). Training draws random windows of ``block_size + 1``
-characters (inputs and next-character targets, nanoGPT style); evaluation walks the whole validation text in
-consecutive windows so that every character is scored exactly once.
+Every text file charformer reads goes through `read_text`, so all readers and tools agree on three rules:
+
+* **Encoding**: strict UTF-8. A file that is not valid UTF-8 is refused with ``FILE:LINE: not valid UTF-8 at
+  byte offset N``; nothing is ever replaced or skipped.
+* **Byte-order mark**: a U+FEFF at the very start of a file (or of stdin) is an encoding marker, not text, and
+  is dropped; a U+FEFF anywhere else is an ordinary character and kept. Tools therefore never write a BOM.
+* **Line endings**: a line ends at LF, CRLF or a lone CR (old Mac files), as in Python's universal newlines
+  and the csv module; `split_lines` keeps each line's ending so that tools can write it back. Nothing else
+  ends a line: U+2028, U+0085 (NEL), vertical tab and form feed are ordinary characters (unlike
+  ``str.splitlines``). Raw-text pretraining keeps the line endings as characters of the text.
+
+A corpus is one or more UTF-8 files (or folders of them), encoded once into a numpy array of ids (uint16 when
+the vocabulary fits, else uint32) and split into train and validation parts: a separate validation file, or
+the last `val_fraction` of the text (as nanoGPT splits Tiny Shakespeare, so bits-per-character figures
+compare). Training draws random windows of ``block_size + 1`` characters (inputs and next-character targets,
+nanoGPT style); evaluation walks the whole validation text in consecutive windows so that every character is
+scored exactly once.
 
 Line-structured corpora (one sentence or document per line) can instead be cut into *segments* (a line, or a
 piece of a line longer than a block) and packed into blocks of whole segments separated by ``[SEP]``, the way
@@ -14,6 +25,7 @@ BERT packs sentences (Devlin et al. 2019); the packed blocks are right-padded an
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -24,12 +36,15 @@ from .errors import CharformerError
 from .vocab import PAD_ID, SEP_ID, CharVocab
 
 IGNORE_INDEX = -100  # target value that cross-entropy skips (padding, unmasked positions in MLM)
+LINE_BREAK = re.compile(r"(\r\n|\r|\n)")  # CRLF first, so that it is one line ending, not two
+_LINE_BREAK_BYTES = re.compile(rb"\r\n|\r|\n")
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
 def read_text(path: str | Path) -> str:
     """Read a UTF-8 text file (a leading BOM is dropped). Line endings are kept as they are.
 
-    Raises CharformerError naming the file, the byte offset and the line of the first invalid byte, or if the
+    Raises CharformerError naming the file, the line and the byte offset of the first invalid byte, or if the
     file does not exist.
     """
     path = Path(path)
@@ -45,16 +60,29 @@ def read_text(path: str | Path) -> str:
 def decode_utf8(data: bytes, name: str) -> str:
     """Decode UTF-8 bytes (a leading BOM is dropped); `name` (a path, or "<stdin>") prefixes the error.
 
-    Raises CharformerError naming the byte offset and the line of the first invalid byte.
+    Raises CharformerError ``NAME:LINE: not valid UTF-8 at byte offset N (byte 0xXX: reason)``, lines counted
+    as `split_lines` counts them.
     """
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
+        line = len(_LINE_BREAK_BYTES.findall(data, 0, e.start)) + 1
+        hint = (": the data starts with a UTF-16 byte-order mark; convert it to UTF-8 (iconv -f UTF-16 -t UTF-8)"
+                if data.startswith(_UTF16_BOMS) else "")
         raise CharformerError(
-            f"{name}: not valid UTF-8 at byte offset {e.start} (line {line}): {e.reason}"
+            f"{name}:{line}: not valid UTF-8 at byte offset {e.start} (byte 0x{data[e.start]:02x}: {e.reason}){hint}"
         ) from None
     return text[1:] if text.startswith("\ufeff") else text
+
+
+def split_lines(text: str) -> list[tuple[str, str]]:
+    """The lines of `text` as ``(line, ending)`` pairs, ending ``"\\n"``, ``"\\r\\n"``, ``"\\r"`` or ``""`` (a
+    last line without a line break); ``"".join(line + ending ...) == text``. Empty text has no line."""
+    parts = LINE_BREAK.split(text)  # [line, ending, line, ending, ..., last line]
+    lines = list(zip(parts[0::2], parts[1::2]))
+    if parts[-1]:
+        lines.append((parts[-1], ""))
+    return lines
 
 
 def collect_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -81,7 +109,7 @@ def read_corpus(paths: Sequence[str | Path]) -> str:
     parts = []
     for f in collect_files(paths):
         text = read_text(f)
-        parts.append(text if text.endswith("\n") or not text else text + "\n")
+        parts.append(text if text.endswith(("\n", "\r")) or not text else text + "\n")
     return "".join(parts)
 
 
@@ -145,10 +173,11 @@ def consecutive_blocks(tokens: np.ndarray, block_size: int) -> list[np.ndarray]:
 
 
 def line_segments(text: str, vocab: CharVocab, max_len: int) -> list[np.ndarray]:
-    """Encode each non-empty line of `text` (split on ``\\n`` only) and cut lines longer than `max_len` into
-    consecutive pieces, so that no character is dropped. Returns the segments in text order."""
+    """Encode each non-empty line of `text` (`split_lines`: the line endings are not part of a segment) and cut
+    lines longer than `max_len` into consecutive pieces, so that no character is dropped. Returns the segments
+    in text order."""
     segments = []
-    for line in text.split("\n"):
+    for line, _ in split_lines(text):
         if line:
             ids = encode_array(vocab, line)
             segments.extend(ids[s : s + max_len] for s in range(0, len(ids), max_len))

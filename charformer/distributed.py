@@ -13,6 +13,7 @@ summation order), and resuming needs only one generator state. Backend: nccl on 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -69,6 +70,13 @@ def mean_across_ranks(value: float, info: DistInfo, device: torch.device) -> flo
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.item() / info.world_size
+
+
+def quiet_unless_main(info: DistInfo) -> None:
+    """Discard this process's stdout unless it is rank 0, so that a script's reports appear once, however many
+    ranks print them; stderr (warnings, errors) still shows every rank."""
+    if not info.is_main:
+        sys.stdout = open(os.devnull, "w")  # left open: it is this process's stdout from now on
 
 
 def barrier(info: DistInfo) -> None:

@@ -17,6 +17,14 @@ class CharformerError(Exception):
     """A problem with the user's input, configuration or files; the message says what and where."""
 
 
+def excerpt(text: str, limit: int = 60) -> str:
+    """`text` as a Python literal for an error message (control and invisible characters escaped), cut to its
+    first `limit` characters when longer, so that a 100,000-character line still gives a one-line error."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 

@@ -34,34 +34,59 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction=reduction)
 
 
+def lm_scores(model, tokens: np.ndarray, *, block_size: int, batch_size: int,
+              max_batches: int | None = None) -> dict[str, float]:
+    """Next-character loss (nats/char), bits/char and the number of characters scored, over the text `tokens`
+    in consecutive windows (every character once; only the first `max_batches` batches if given)."""
+    batches = ((x, y, None) for x, y in sequential_windows(tokens, block_size, batch_size))
+    total, count, _ = score_batches(model, batches, max_batches)
+    loss = total / count
+    return {"loss": loss, "bpc": loss / LN2, "chars": count}
+
+
 class CausalLM:
     """Next-character prediction on random windows of `train_tokens`; evaluation on `val_tokens`.
 
     Periodic evaluations score a fixed subset (`eval_batches` batches of consecutive windows from the start of
     the validation text) to stay cheap; `evaluate_full` scores every validation character exactly once.
+
+    Rehearsal (continued training on new text): with `rehearsal_tokens`, ``round(rehearsal_share x
+    batch_size)`` rows of every batch (at least one when the share is positive, never all) are windows of
+    that text, the original corpus, and the rest windows of `train_tokens`.
     """
 
     metric = "loss"
     higher_is_better = False
 
     def __init__(self, train_tokens: np.ndarray, val_tokens: np.ndarray, vocab: CharVocab, *, block_size: int,
-                 batch_size: int, eval_batches: int = 20, sample_prompt: str = "\n", sample_chars: int = 200):
+                 batch_size: int, eval_batches: int = 20, sample_prompt: str = "\n", sample_chars: int = 200,
+                 rehearsal_tokens: np.ndarray | None = None, rehearsal_share: float = 0.0):
+        if not 0 <= rehearsal_share < 1:
+            raise ValueError(f"rehearsal_share must be in [0, 1), got {rehearsal_share}")
         self.train_tokens, self.val_tokens, self.vocab = train_tokens, val_tokens, vocab
         self.block_size, self.batch_size, self.eval_batches = block_size, batch_size, eval_batches
         self.sample_prompt, self.sample_chars = sample_prompt, sample_chars
+        self.rehearsal_tokens, self.rehearsal_rows = rehearsal_tokens, 0
+        if rehearsal_tokens is not None and rehearsal_share > 0:
+            if batch_size < 2:
+                raise ValueError("rehearsal needs batch_size >= 2 (one row of new text, one of the old)")
+            self.rehearsal_rows = min(max(round(rehearsal_share * batch_size), 1), batch_size - 1)
 
     def batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        return random_windows(self.train_tokens, self.block_size, self.batch_size, generator)
+        """Inputs and next-character targets, each ``(batch_size, block_size)`` int64 (rehearsal rows last)."""
+        x, y = random_windows(self.train_tokens, self.block_size, self.batch_size - self.rehearsal_rows, generator)
+        if self.rehearsal_rows:
+            xo, yo = random_windows(self.rehearsal_tokens, self.block_size, self.rehearsal_rows, generator)
+            x, y = torch.cat([x, xo]), torch.cat([y, yo])
+        return x, y
 
     def loss(self, model, batch) -> tuple[torch.Tensor, int]:
         x, y = batch
         return lm_loss(model(x), y), x.numel()
 
     def _score(self, model, max_batches: int | None) -> dict[str, float]:
-        batches = ((x, y, None) for x, y in sequential_windows(self.val_tokens, self.block_size, self.batch_size))
-        total, count, _ = score_batches(model, batches, max_batches)
-        loss = total / count
-        return {"loss": loss, "bpc": loss / LN2, "chars": count}
+        return lm_scores(model, self.val_tokens, block_size=self.block_size, batch_size=self.batch_size,
+                         max_batches=max_batches)
 
     def evaluate(self, model) -> dict[str, float]:
         return self._score(model, self.eval_batches or None)

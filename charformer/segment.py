@@ -4,15 +4,16 @@
     echo 中国人民站起来了 | python -m charformer.segment --ckpt out/ctb6_cws        # 中国 人民 站 起来 了
 
 One sentence per line in; the same line out with its words separated by single ASCII spaces. Empty lines and
-line endings (LF or CRLF) pass through, and no character is dropped or changed: full-width forms, Latin,
-digits, punctuation and U+3000 come out as they went in. Lines longer than the model's block are read in
-overlapping windows.
+each line's ending (LF, CRLF or a lone CR) pass through, and no character is dropped or changed: full-width
+forms, Latin, digits, punctuation, U+3000 and other spaces, characters outside the BMP, combining marks and
+control characters come out as they went in. A byte-order mark at the start of the input is not text and is
+not written back (`charformer.data`). Lines longer than the model's block are read in overlapping windows.
 
 An ASCII space inside an input line cannot be told from a separator, so it is written as a word of its own:
 "a b" (a, space, b) comes out as "a", " ", "b" joined by separators, i.e. "a   b". The output is therefore
 always exactly invertible: `join_words` (``--join``) reads it back, each literal space being the one that sits
 between two separators, and ``"".join(line.split(" ")) == input`` holds for every input line without ASCII
-spaces.
+spaces. So ``segment | segment --join`` gives back the input byte for byte, less a leading BOM.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import re
 
 import torch
 
-from .errors import CharformerError, run_cli
+from .errors import CharformerError, excerpt, run_cli
 from .tasks.inference import base_parser, load_for, read_lines, show_progress, write
 from .tasks.objectives import tag_texts
 from .tasks.schemes import spans_to_words
@@ -48,7 +49,7 @@ def join_words(line: str) -> str:
             i = end
         if i < len(line):
             if line[i] != " " or i + 1 == len(line):
-                raise ValueError(f"not segmenter output at character {i}: {line!r}")
+                raise ValueError(f"not segmenter output at character {i}: {excerpt(line)}")
             i += 1  # the separator
     return "".join(words)
 

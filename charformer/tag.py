@@ -7,11 +7,13 @@ One sentence per line in. Output formats:
 
 * ``conll`` (default): the training format, one ``CHAR<TAB>TAG`` line per character of each sentence (tags in
   the model's scheme: BIO, BIOES or BMES), a blank line after each sentence. Empty input lines give nothing,
-  so use jsonl when the output must line up with the input.
+  so use jsonl when the output must line up with the input. A TAB in the text cannot be a CHAR (it separates
+  the columns): such input is an error naming the line.
 * ``jsonl``: for each input line (empty ones too) ``{"text": ..., "entities": [{"start", "end", "type",
   "text"}]}``, offsets in characters (code points) with ``end`` exclusive, ``text == line[start:end]``.
 
-Both keep every character as it was (the CR of a CRLF line ending is not part of the text).
+Both keep every character as it was; line endings (LF, CRLF, CR) and a leading byte-order mark are not part of
+the text (`charformer.data`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import json
 
 import torch
 
-from .errors import run_cli
+from .errors import CharformerError, run_cli
 from .tasks.inference import base_parser, load_for, read_lines, show_progress, write
 from .tasks.objectives import predict_tags
 from .tasks.schemes import tags_to_spans
@@ -32,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     model, vocab, task = load_for(args, "ner")
     texts = [text for text, _ in read_lines(args.file)]
+    if args.format == "conll":
+        tabbed = next((n for n, text in enumerate(texts, 1) if "\t" in text), None)
+        if tabbed is not None:
+            raise CharformerError(f"{args.file or '<stdin>'}:{tabbed}: a TAB cannot be written as a CoNLL token "
+                                  "(it separates the columns): use --format jsonl")
     with torch.inference_mode():
         paths = predict_tags(model, [vocab.encode_aligned(t) for t in texts], batch_size=args.batch_size,
                              overlap=task["overlap"], progress=show_progress(texts))

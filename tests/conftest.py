@@ -19,3 +19,21 @@ if not torch.cuda.is_available():
 def device() -> torch.device:
     """Where kernel tests put their tensors: the GPU if there is one, else the CPU (interpreter)."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_segmenter(tmp_path_factory):
+    """A segmentation checkpoint directory trained for 3 steps (1 layer, d_model 32, block 16) on the segmented
+    files of tests/nasty, so its vocabulary holds astral characters, combining marks, odd spaces and control
+    characters. Its segmentations are near arbitrary, which is what round-trip tests want."""
+    import finetune  # imported here: only the tests that use this fixture need the training stack
+    from tests.nasty.make_nasty import SEGMENTED
+
+    root = tmp_path_factory.mktemp("tiny_segmenter")
+    train = root / "train.txt"
+    train.write_text("".join(text.lstrip("\ufeff") + "\n" for text in SEGMENTED.values()), encoding="utf-8")
+    out = root / "run"
+    finetune.main(["--task", "cws", "--train", str(train), "--dev", str(train), "--test", str(train), "--init", "scratch",
+                   "--out", str(out), "--n-layers", "1", "--n-heads", "2", "--d-model", "32", "--block-size", "16",
+                   "--batch-size", "4", "--max-steps", "3", "--device", "cpu", "--log-interval", "1"])
+    return out

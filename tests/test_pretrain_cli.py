@@ -83,7 +83,7 @@ def test_bad_inputs_get_clear_errors_and_overwrite_nothing(tmp_path, corpus):
     run = lambda *a: pretrain.main([*a, "--max-steps", "2", *TINY])  # noqa: E731
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("line one\ncaf\u00e9\n".encode("latin-1"))
-    with pytest.raises(CharformerError, match=r"latin1.txt: not valid UTF-8 at byte offset 12 \(line 2\)"):
+    with pytest.raises(CharformerError, match=r"latin1.txt:2: not valid UTF-8 at byte offset 12 "):
         run("--data", str(latin1), "--out", str(tmp_path / "o1"))
     empty = tmp_path / "empty.txt"
     empty.write_text("")

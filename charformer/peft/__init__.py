@@ -6,7 +6,9 @@
 * `adalora`: LoRA in SVD form with the rank budget moved to where it matters (Zhang et al. 2023).
 * `inject`: how these attach to the model without renaming its weights.
 * `common`: `apply_method` (also "full" and "freeze"), parameter counts, and adapter files tied to the
-  fingerprint of their base, so one base model can serve many adapters.
+  fingerprint of their base, so one base model can serve many adapters; finding an adapter's base.
+* `training`: a method inside the shared training loop (command-line options, AdaLoRA's controller, what a
+  fine-tuning run saves).
 """
 
 from .adalora import AdaLoRAController
@@ -15,7 +17,10 @@ from .common import (
     apply_method,
     base_fingerprint,
     describe_trainable,
+    find_adapter,
+    load_adapted_checkpoint,
     load_adapter,
+    open_adapter,
     read_adapter_meta,
     remove_method,
     save_adapter,
@@ -30,9 +35,12 @@ __all__ = [
     "apply_method",
     "base_fingerprint",
     "describe_trainable",
+    "find_adapter",
     "fold_prefix",
+    "load_adapted_checkpoint",
     "load_adapter",
     "merge",
+    "open_adapter",
     "read_adapter_meta",
     "remove_method",
     "save_adapter",

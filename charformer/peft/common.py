@@ -4,8 +4,8 @@ An adapter directory holds only what fine-tuning changed, never a copy of the ba
 
     adapter.safetensors   "model.<name>" tensors of the method (LoRA A/B, prefixes, ...; every body weight for
                           "full"), "<module>.<name>" tensors of extra modules such as the task head
-    adapter.json          {"format": "charformer.adapter", "method", "options", "base": {"fingerprint", "model"},
-                           "modules", ...extra}
+    adapter.json          {"format": "charformer.adapter", "method", "options", "base": {"fingerprint", "model",
+                           "path"}, "modules", ...extra}
 
 The base fingerprint is ``sha256:`` over the architecture part of the config (JSON, sorted keys, without the
 run-time choices `RUNTIME_FIELDS`) and then, in sorted name order, each base tensor's name, dtype, shape and
@@ -18,6 +18,10 @@ unmerges LoRA exactly and drops the extra modules), checks the fingerprint of wh
 adapter's method and copies its tensors in. The base weights are never modified by lora, adalora, adapter or
 prefix, so adapters can be swapped any number of times. A "full" adapter overwrites the body weights; after
 loading one, the model is a different base and other adapters are refused.
+
+Finding the base: adapter.json records the base checkpoint's absolute path (``base.path``); `open_adapter`
+uses it unless given another (a base that has moved: the tools' ``--base DIR``). The fingerprint, not the
+path, decides whether a base fits.
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..checkpoint import atomic_dir
+from ..checkpoint import atomic_dir, load_checkpoint
 from ..errors import CharformerError
-from ..model import ModelConfig
+from ..model import CharTransformer, ModelConfig
+from ..vocab import CharVocab
 from .adalora import add_adalora
 from .adapter import add_adapters
 from .inject import AdaptedLinear, PeftModule, peft_prefixes, restore_linears
@@ -51,9 +56,11 @@ FORMAT = "charformer.adapter"
 def apply_method(model: nn.Module, method: str, **options) -> dict:
     """Prepare the body `model` (a `CharTransformer`, modified in place) for fine-tuning with `method`.
 
-    full: every body weight trains. freeze: the body is frozen (only a task head outside it trains). lora,
-    adapter, prefix, adalora: the body is frozen and the method's modules are added (trainable); options are
-    the keyword arguments of `add_lora`, `add_adapters`, `add_prefix`, `add_adalora`.
+    full: every body weight trains. freeze: the body is frozen (only a task head outside it trains), except
+    the parameters whose names start with one of ``train=[...]`` (a language model's head is its output layer,
+    tied to the input embedding: ``train=["tok_emb."]``). lora, adapter, prefix, adalora: the body is frozen and
+    the method's modules are added (trainable); options are the keyword arguments of `add_lora`,
+    `add_adapters`, `add_prefix`, `add_adalora`.
     Returns the options `load_adapter` needs to rebuild the method (defaults filled in, JSON-able).
     Raises CharformerError on an unknown method or option, or if a method is already applied.
     """
@@ -63,10 +70,14 @@ def apply_method(model: nn.Module, method: str, **options) -> dict:
         raise CharformerError("the model already carries a fine-tuning method; call remove_method first")
     for p in model.parameters():
         p.requires_grad_(method == "full")
-    if method in ("full", "freeze"):
+    if method == "full":
         if options:
-            raise CharformerError(f"method {method!r} takes no options, got {sorted(options)}")
+            raise CharformerError(f"method 'full' takes no options, got {sorted(options)}")
         return {}
+    if method == "freeze":
+        if set(options) - {"train"}:
+            raise CharformerError(f"method 'freeze' takes no options other than train, got {sorted(options)}")
+        return _freeze_except(model, options.get("train", ()))
     inject = _INJECT[method]
     try:
         inspect.signature(inject).bind(model, **options)
@@ -76,6 +87,16 @@ def apply_method(model: nn.Module, method: str, **options) -> dict:
         return inject(model, **options)
     except ValueError as e:
         raise CharformerError(f"{method}: {e}") from None
+
+
+def _freeze_except(model: nn.Module, train) -> dict:
+    prefixes = tuple(train)
+    named = [p for name, p in model.named_parameters() if prefixes and name.startswith(prefixes)]
+    if prefixes and not named:
+        raise CharformerError(f"freeze: no parameter name starts with any of {list(prefixes)}")
+    for p in named:
+        p.requires_grad_(True)
+    return {"train": list(prefixes)}
 
 
 def remove_method(model: nn.Module) -> None:
@@ -149,14 +170,17 @@ def save_adapter(
     *,
     modules: Mapping[str, nn.Module] | None = None,
     extra: dict | None = None,
+    base_path: str | Path | None = None,
 ) -> Path:
     """Write an adapter directory atomically (layout in the module docstring).
 
     base: the base fingerprint, or what to compute it from (the base model or its state dict). Pass the
-        fingerprint computed before training for "full", whose training changes the body's weights.
+        fingerprint computed before training for "full" (and "freeze" with `train`), whose training changes
+        the body's weights.
     method, options: as given to / returned by `apply_method`.
     modules: extra modules saved whole by name (e.g. ``{"head": head}``); "model" is reserved.
     extra: more JSON fields for adapter.json (training settings, task description).
+    base_path: where the base checkpoint lives, recorded (absolute) so that `open_adapter` finds it.
     """
     modules = dict(modules or {})
     if "model" in modules:
@@ -166,7 +190,9 @@ def save_adapter(
     for mname, module in modules.items():
         tensors.update({f"{mname}.{k}": v.detach() for k, v in module.state_dict().items()})
     meta = {"format": FORMAT, "version": 1, "method": method, "options": options,
-            "base": {"fingerprint": fingerprint, "model": base_cfg.to_dict()}, "modules": sorted(modules),
+            "base": {"fingerprint": fingerprint, "model": base_cfg.to_dict(),
+                     "path": None if base_path is None else str(Path(base_path).absolute())},
+            "modules": sorted(modules),
             **(extra or {})}
     with atomic_dir(path) as tmp:
         save_file({k: v.to("cpu").contiguous() for k, v in tensors.items()}, str(tmp / "adapter.safetensors"))
@@ -186,6 +212,44 @@ def read_adapter_meta(path: str | Path) -> dict:
     if meta.get("format") != FORMAT:
         raise CharformerError(f"{path / 'adapter.json'}: not a charformer adapter")
     return meta
+
+
+def find_adapter(path: str | Path) -> Path | None:
+    """The adapter directory meant by `path`: the directory itself, its ``best/`` (a finetune.py output
+    directory), or the ``.old`` copy a crash mid-rename leaves; None when there is none."""
+    path = Path(path)
+    for cand in (path, path / "best", path.with_name(path.name + ".old")):
+        if (cand / "adapter.json").is_file():
+            return cand
+    return None
+
+
+def open_adapter(path: str | Path, base: str | Path | None = None) -> tuple[Path, dict, Path] | None:
+    """``(adapter directory, adapter.json, base checkpoint directory)`` if `path` holds an adapter (see
+    `find_adapter`), else None. The base is `base` when given (a base that has moved), else the path recorded
+    in adapter.json. Raises CharformerError when neither names one."""
+    adapter = find_adapter(path)
+    if adapter is None:
+        return None
+    meta = read_adapter_meta(adapter)
+    base = base or meta["base"].get("path")
+    if not base:
+        raise CharformerError(f"{adapter}: the adapter records no base checkpoint; name it with --base DIR")
+    return adapter, meta, Path(base)
+
+
+def load_adapted_checkpoint(path: str | Path, device: str | torch.device = "cpu", *,
+                            base: str | Path | None = None) -> tuple[CharTransformer, CharVocab, dict]:
+    """A model from a checkpoint directory, or from an adapter directory put on its base checkpoint (see
+    `open_adapter`). Returns ``(model, vocab, meta)`` like `load_checkpoint`, the model in eval mode on
+    `device`; meta is adapter.json for an adapter."""
+    found = open_adapter(path, base)
+    if found is None:
+        return load_checkpoint(path, device=device)
+    adapter, meta, base = found
+    model, vocab, _ = load_checkpoint(base, device=device)
+    load_adapter(adapter, model)
+    return model.eval(), vocab, meta
 
 
 def load_adapter(path: str | Path, model: nn.Module, *, modules: Mapping[str, nn.Module] | None = None) -> dict:

@@ -14,4 +14,5 @@ text into one vector. Modules, in reading order:
 * `objectives`: what `charformer.train.fit` needs for each task (batches, loss, dev evaluation), and the
   batched prediction shared with the command-line tools `charformer.segment`, `.tag` and `.classify`.
 * `inference`: what those tools share (options, exact line I/O).
+* `jobs`: what each task (and continued language-model training, ``lm``) brings to a run of finetune.py.
 """

@@ -1,10 +1,15 @@
 """Plumbing shared by the prediction tools `charformer.segment`, `charformer.tag` and `charformer.classify`:
 their common options, loading a task checkpoint of the right kind, and reading and writing text exactly.
 
-Input is a UTF-8 file or stdin, one sentence or text per line; a line ends at LF, and a CR before the LF
-belongs to the line ending, not to the text (CRLF files are read as text lines). A leading byte-order mark is
-an encoding marker and is dropped, as everywhere in charformer. Output is written as UTF-8 bytes whatever
-the locale says.
+``--ckpt`` takes what finetune.py wrote: a complete task checkpoint (--method full), or an adapter, which is put
+on the base checkpoint whose path adapter.json records, or on ``--base DIR`` (a base that has moved); a base
+with other weights than the one it was trained on is refused (`charformer.peft.common`).
+
+Input is a UTF-8 file or stdin, one sentence or text per line. As everywhere in charformer (`charformer.data`),
+a line ends at LF, CRLF or a lone CR, and the ending is not part of the text: the tools write each line's own
+ending back after its result. A byte-order mark at the start of the input is an encoding marker and is
+dropped (the output has none); any other character, control characters, U+2028 and U+FEFF included, is text.
+Output is written as UTF-8 bytes whatever the locale says.
 """
 
 from __future__ import annotations
@@ -12,9 +17,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..data import decode_utf8, read_text
+from ..data import decode_utf8, read_text, split_lines
 from ..errors import CharformerError
-from ..train import pick_device
+from ..quantize import inference_device, quantize_int8
 from .model import load_task_checkpoint
 
 TOOLS = {"cws": "charformer.segment", "ner": "charformer.tag", "classify": "charformer.classify"}
@@ -23,33 +28,34 @@ PROGRESS_MIN_LINES = 1000  # show a progress bar (stderr) from this many input l
 
 def base_parser(doc: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="task checkpoint directory (a finetune.py --out directory, or its best/)")
+    p.add_argument("--ckpt", required=True, help="task checkpoint or adapter directory (a finetune.py --out directory, "
+                   "or its best/)")
+    p.add_argument("--base", default=None, help="for an adapter (finetune.py --method other than full): its base "
+                   "checkpoint, if not where adapter.json says")
     p.add_argument("file", nargs="?", help="input file (default: stdin)")
     p.add_argument("--batch-size", type=int, default=64, help="windows or texts per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--int8", action="store_true", help="int8 weights in the transformer's linear layers: faster CPU "
+                   "inference, scores within about 0.05 (charformer.quantize; implies the CPU)")
     return p
 
 
 def load_for(args: argparse.Namespace, task: str):
     """The task model of ``args.ckpt`` on ``args.device`` with its vocabulary and task description. Raises
     CharformerError if the checkpoint is for another task (naming the tool to use)."""
-    model, vocab, meta = load_task_checkpoint(args.ckpt, device=pick_device(args.device))
+    device = inference_device(args.device, args.int8)
+    model, vocab, meta = load_task_checkpoint(args.ckpt, device=device, base=args.base)
     if meta["task"] != task:
         raise CharformerError(f"{args.ckpt}: a {meta['task']} model; use python -m {TOOLS[meta['task']]}")
     if args.batch_size < 1:
         raise CharformerError(f"--batch-size must be >= 1, got {args.batch_size}")
-    return model, vocab, meta
+    return quantize_int8(model) if args.int8 else model, vocab, meta
 
 
 def read_lines(path: str | None) -> list[tuple[str, str]]:
-    """The input's lines as ``(text, ending)`` pairs, ending ``"\\n"``, ``"\\r\\n"`` or ``""`` (a last line
-    without a line break). ``"".join(text + ending)`` is the input again."""
-    text = read_text(path) if path else decode_utf8(sys.stdin.buffer.read(), "<stdin>")
-    parts = text.split("\n")
-    lines = [(p[:-1], "\r\n") if p.endswith("\r") else (p, "\n") for p in parts[:-1]]
-    if parts[-1]:
-        lines.append((parts[-1], ""))
-    return lines
+    """The input's lines as ``(text, ending)`` pairs (`charformer.data.split_lines`): ``"".join(text + ending)``
+    is the input again, less a leading byte-order mark."""
+    return split_lines(read_text(path) if path else decode_utf8(sys.stdin.buffer.read(), "<stdin>"))
 
 
 def show_progress(lines: list) -> bool:

@@ -1,13 +1,19 @@
 """Readers for the fine-tuning file formats. Every error names the file and the line (a bad UTF-8 byte: the
 byte offset, through `charformer.data.read_text`); nothing with content is ever skipped silently.
 
+Encoding, byte-order mark and line endings (LF, CRLF or a lone CR) follow `charformer.data`; a line ending is
+never part of a line's text.
+
 * Segmented text (CWS): one sentence per line, words separated by runs of one separator, ASCII space U+0020 by
   default. Only that character separates: U+3000 and U+00A0 stay inside words (the Weibo corpus has them
-  there), unlike Python's ``str.split()``. Lines with no word are skipped.
+  there), unlike Python's ``str.split()``. Lines that are empty or all whitespace hold no sentence and are
+  skipped.
 * CoNLL columns (NER): one ``CHAR TAG`` per line (tab- or space-separated), a blank line between sentences,
-  tags in BIO, BIOES or BMES. Weibo NER writes each character followed by its position in a word (``叔0``,
-  ``p10``): ``token_format="char+position"`` strips the number (a character the source lost appears as several
-  U+FFFD and is read as one U+FFFD); ``"auto"`` decides from the file's first token.
+  tags in BIO, BIOES or BMES. CHAR is one code point: a letter written with a combining mark (``e`` + U+0301)
+  is two, which an error names (NFC normalization composes most such pairs into one). Weibo NER writes each
+  character followed by its position in a word (``叔0``, ``p10``): ``token_format="char+position"`` strips the
+  number (a character the source lost appears as several U+FFFD and is read as one U+FFFD); ``"auto"`` decides
+  from the file's first token.
 * Delimited (classification): TSV (quoting off: the texts contain ``"``) or CSV (the csv module's quoting),
   a label column and a text column chosen by header name or 0-based index; a header row is detected.
 """
@@ -20,8 +26,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import read_text
-from ..errors import CharformerError
+from ..data import read_text, split_lines
+from ..errors import CharformerError, excerpt
 from .schemes import Span, split_tag, tags_to_spans, words_to_spans
 
 TOKEN_FORMATS = ("auto", "char", "char+position")
@@ -61,28 +67,32 @@ def parse_separator(sep: str) -> str:
 
 
 def read_cws(path: str | Path, sep: str = " ") -> list[Sentence]:
-    """Read a segmented corpus. A trailing CR (CRLF files) is not part of the line. Raises CharformerError for a
-    file that is not UTF-8 or holds no sentence."""
+    """Read a segmented corpus (see the module docstring). Raises CharformerError for a file that is not UTF-8 or
+    holds no sentence."""
     sep = parse_separator(sep)
     sentences = []
-    for lineno, line in enumerate(read_text(path).split("\n"), 1):
-        words = [w for w in line.removesuffix("\r").split(sep) if w]
-        if words:
+    for lineno, (line, _) in enumerate(split_lines(read_text(path)), 1):
+        words = [w for w in line.split(sep) if w]
+        if words and not line.isspace():
             sentences.append(Sentence("".join(words), tuple(words_to_spans(words)), f"{path}:{lineno}"))
     if not sentences:
-        raise CharformerError(f"{path}: no sentences (every line is empty)")
+        raise CharformerError(f"{path}: no sentences (every line is empty or whitespace)")
     return sentences
 
 
 def _token_char(token: str, token_format: str, where: str) -> str:
     if token_format == "char":
         if len(token) != 1:
-            raise CharformerError(f"{where}: token {token!r} is not one character (Weibo-style tokens, a character "
-                                  "followed by its word position, need --token-format char+position)")
+            codes = " ".join(f"U+{ord(c):04X}" for c in token[:8])
+            hint = (" (Weibo-style tokens, a character followed by its word position, need --token-format "
+                    "char+position)" if _POSITION_TOKEN.fullmatch(token) else "")
+            raise CharformerError(f"{where}: token {excerpt(token)} is not one character: {len(token)} code points "
+                                  f"({codes}){hint}")
         return token
     match = _POSITION_TOKEN.fullmatch(token)
     if not match:
-        raise CharformerError(f"{where}: token {token!r} is not one character followed by its word-position number")
+        raise CharformerError(f"{where}: token {excerpt(token)} is not one character followed by its word-position "
+                              "number")
     return match.group(1)[0]
 
 
@@ -103,8 +113,7 @@ def read_conll(path: str | Path, token_format: str = "auto") -> list[Sentence]:
             chars.clear()
             tags.clear()
 
-    for lineno, line in enumerate(read_text(path).split("\n"), 1):
-        line = line.removesuffix("\r")
+    for lineno, (line, _) in enumerate(split_lines(read_text(path)), 1):
         where = f"{path}:{lineno}"
         if not line.strip(" \t"):
             flush()
@@ -113,12 +122,12 @@ def read_conll(path: str | Path, token_format: str = "auto") -> list[Sentence]:
         # one, runs of spaces separate them.
         cols = line.split("\t") if "\t" in line else [c for c in line.split(" ") if c]
         if len(cols) == 1:
-            raise CharformerError(f"{where}: missing tag (expected 'CHAR TAG', got {line!r})")
+            raise CharformerError(f"{where}: missing tag (expected 'CHAR TAG', got {excerpt(line)})")
         if len(cols) > 2:
-            raise CharformerError(f"{where}: {len(cols)} columns, expected 2 ('CHAR TAG'): {line!r}")
+            raise CharformerError(f"{where}: {len(cols)} columns, expected 2 ('CHAR TAG'): {excerpt(line)}")
         token, tag = cols
         if token_format == "auto":
-            token_format = "char" if len(token) == 1 else "char+position"
+            token_format = "char+position" if len(token) > 1 and _POSITION_TOKEN.fullmatch(token) else "char"
         try:
             split_tag(tag)
         except ValueError as e:

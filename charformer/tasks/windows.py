@@ -17,6 +17,7 @@ that no word or entity is split; classification cuts texts into consecutive chun
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -73,5 +74,14 @@ def training_pieces(spans: Sequence[Span], n: int, size: int) -> list[tuple[int,
 
 
 def clip_spans(spans: Sequence[Span], start: int, end: int) -> list[Span]:
-    """The spans' parts inside ``[start, end)``, shifted so that `start` is position 0."""
-    return [(max(s, start) - start, min(e, end) - start, t) for s, e, t in spans if s < end and e > start]
+    """The spans' parts inside ``[start, end)``, shifted so that `start` is position 0. `spans` are in order and
+    do not overlap (as the readers give them), so the first one that reaches past `start` is found by bisection:
+    cutting a sentence into pieces then costs O(n log n), not O(pieces x spans) (minutes for a 100,000-character
+    line)."""
+    clipped = []
+    for i in range(bisect.bisect_right(spans, start, key=lambda span: span[1]), len(spans)):
+        s, e, t = spans[i]
+        if s >= end:
+            break
+        clipped.append((max(s, start) - start, min(e, end) - start, t))
+    return clipped

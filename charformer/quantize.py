@@ -1,0 +1,89 @@
+"""int8 weights for CPU inference: dynamic quantization of the transformer's linear layers.
+
+The idea (dynamic quantization; Jacob et al. 2018, as PyTorch implements it): each weight matrix is stored as
+int8 with one fp32 scale per output row (``W ≈ scale[row] · W_int8``), computed once here; at every call the
+activations are quantized on the fly to 8 bits with one scale and zero point for the whole tensor, taken from
+its current min and max (hence "dynamic": nothing is calibrated in advance, so any checkpoint converts in well
+under a second); the product runs in integer arithmetic with int32 accumulation (AVX-512 VNNI / AMX on recent
+x86 CPUs, through fbgemm or oneDNN) and is scaled back to fp32. Everything else stays fp32: embeddings, norms,
+rotary positions, attention, GELU, the task heads and the decoders.
+
+What is quantized: the q/k/v/o projections and the two MLP matrices of every block (``12·C²`` weights per
+layer, nearly all of the compute), and for a language model the output layer (the tied embedding: an int8 copy
+is packed for the output, the fp32 table stays for the input lookup). A task head (C x K scores for K tags or
+labels) stays fp32: it is a negligible share of the time, and its scores feed Viterbi and softmax directly.
+Layers wrapped by a parameter-efficient method (`charformer.peft.inject.AdaptedLinear`) are not `nn.Linear`
+and stay fp32.
+
+How much it buys. A forward pass at d_model 192 spends only about half its time in the linear layers on this
+2-core Xeon (profiled at batch 32 x 128 characters, one thread: matmuls 52%, GELU 12%, attention 12%, the rest
+elementwise). The int8 layers alone measured 1.5-2.7x faster than fp32 (4096 x 192 inputs, one thread), but a
+whole forward pass only 1.0-1.4x and end-to-end segmentation 1.2-1.4x (`bench/inference.py --quick`, on a
+machine shared with other jobs); on the same CPU, bf16 autocast (AMX) gave 1.6-2x. Memory: the weights shrink
+about 2.4x, but a process's peak is dominated by torch itself and the fp32 activations.
+
+Why PyTorch's implementation rather than our own: a plain int8 linear written here (per-token activation
+scales, `torch._int_mm`) was slower than fp32 for the MLP shapes (4096 x 192 @ 192 x 768: about 2x slower),
+because quantizing and rescaling activations in eager mode are separate passes over memory, which fbgemm and
+oneDNN fuse into the GEMM. `torch.ao.quantization` is deprecated in favour of torchao (not a dependency here)
+but still works in torch 2.13; its deprecation warnings are silenced for this one call (`quantize_int8`). If a
+later torch removes it, `quantize_int8` says so instead of failing obscurely.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn as nn
+
+from .errors import CharformerError
+from .model import CharTransformer
+from .train import pick_device
+
+
+def int8_module_names(model: nn.Module) -> list[str]:
+    """The submodules `quantize_int8` converts (all their `nn.Linear` layers): ``["blocks", "lm_head"]`` for a
+    `CharTransformer`, ``["body.blocks"]`` for a task model (an encoder `body` plus a head). Raises
+    CharformerError for anything else."""
+    if isinstance(model, CharTransformer):
+        return ["blocks", "lm_head"]
+    if isinstance(getattr(model, "body", None), CharTransformer):
+        return ["body.blocks"]
+    raise CharformerError(f"int8 quantization takes a CharTransformer or a task model, got {type(model).__name__}")
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """Give `model`'s transformer linear layers int8 weights (see the module docstring), in place; returns it.
+
+    The model must be on the CPU (the quantized kernels are CPU kernels) and is used for inference only (it
+    has no gradients). Raises CharformerError for a model elsewhere, or a torch without dynamic quantization.
+    """
+    names = int8_module_names(model)
+    device = next(model.parameters()).device
+    if device.type != "cpu":
+        raise CharformerError(f"int8 inference runs on the CPU, but the model is on {device}")
+    try:
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    except ImportError as e:
+        raise CharformerError(f"this torch ({torch.__version__}) has no dynamic quantization ({e}); run without "
+                              "--int8") from None
+    with warnings.catch_warnings():
+        # torch.ao.quantization and quantized tensors announce their deprecation on every use; see above.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.ao\.")
+        warnings.filterwarnings("ignore", message=r"(?s).*torch\.ao\.quantization is deprecated")
+        warnings.filterwarnings("ignore", message=r"(?s).*quantized tensor creation functions .* are deprecated")
+        quantize_dynamic(model.eval(), {name: per_channel_dynamic_qconfig for name in names}, dtype=torch.qint8,
+                         inplace=True)
+    return model
+
+
+def inference_device(name: str, int8: bool) -> torch.device:
+    """The device a prediction tool runs on: `charformer.train.pick_device` of `name`, except that int8 means
+    the CPU (``auto`` picks it). Raises CharformerError for int8 with ``cuda``."""
+    if int8 and name == "auto":
+        return torch.device("cpu")
+    device = pick_device(name)
+    if int8 and device.type != "cpu":
+        raise CharformerError("--int8 is for CPU inference: use --device cpu (or auto)")
+    return device

@@ -1,0 +1,295 @@
+"""What each fine-tuning task brings to a run of finetune.py: its data, model and objective, and how its
+results are saved, reloaded and scored.
+
+finetune.py runs every task the same way (apply the method, score, `fit`, reload the best, score again); a `Job`
+holds the parts that differ:
+
+    task         trained model               kept whole in an adapter        scored before and after
+    cws, ner     encoder + tagging head      the head                        test: word / entity F1
+    classify     encoder + label head        the head                        test: accuracy, macro-F1
+    lm           the causal LM itself        nothing (its output layer is    dev, test, original text:
+                                             the tied input embedding)       bits/char; a sample
+
+Continued training of a language model (``lm``) on new text is domain adaptation, and it costs something on
+the text the model was pretrained on: catastrophic forgetting (McCloskey & Cohen 1989; French 1999). The cost
+is measured as bits/char on the pretraining validation text before and after (``--original-val``). Rehearsal
+(Robins 1995) keeps a share of every batch on the original corpus (``--rehearsal-data``,
+``--rehearsal-share``). The vocabulary stays the base's, so that the embedding, the output layer and any
+adapter keep their meaning: a character of the new text that the base never saw reads as [UNK], and the
+coverage of every text is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from ..checkpoint import load_weights, resolve, save_checkpoint
+from ..cli import build_dataclass
+from ..data import encode_array, read_corpus
+from ..errors import CharformerError
+from ..model import CharTransformer, ModelConfig
+from ..objectives import CausalLM, lm_scores, sample_text
+from ..peft import load_adapted_checkpoint
+from ..train import TrainConfig
+from ..vocab import CharVocab
+from .model import build_task_model, load_task_checkpoint, pretrained_config, save_task_checkpoint
+from .objectives import ClassificationObjective, TaggingObjective
+from .readers import TOKEN_FORMATS, read_conll, read_cws, read_labeled
+from .schemes import SCHEMES, detect_scheme, is_valid, spans_to_words, tag_set
+
+# Model options that do not change the weights' shapes or meaning, so they may differ from the --init checkpoint.
+FREE_MODEL_OPTIONS = ("dropout", "attn_impl")
+
+
+def _option(default, text: str):
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class TaskConfig:
+    """How the task's files are read and what head is put on the encoder."""
+
+    sep: str = _option(" ", "cws: the word separator, literally or as U+XXXX (U+3000 for a corpus that uses it)")
+    scheme: str = _option("auto", "ner: BIO, BIOES, BMES, or auto (from the training file's tags)")
+    token_format: str = _option("auto", "ner: char, char+position (Weibo NER's '叔0', the position is dropped), or "
+                                "auto (from the file's first token)")
+    label_column: str = _option("label", "classify: the label column, a header name or 0-based index")
+    text_column: str = _option("auto", "classify: the text column, a header name or 0-based index, or auto (the "
+                               "other of two columns, else text_a, text, sentence, review, content)")
+    delimiter: str = _option("auto", "classify: tab, comma, or auto (comma for a .csv file, else tab)")
+    crf: bool = _option(False, "tagging: a linear-chain CRF output layer instead of per-character softmax")
+    pooling: str = _option("mean", "classify: a text's vector is the mean over its characters, or 'cls'")
+    freeze: str = _option("none", "with --method full, keep part of the body fixed: none, embeddings, bottom:N "
+                          "(embeddings and the N lowest blocks); 'body' means --method freeze")
+    head_lr_scale: float = _option(10.0, "the head learns at lr x this")
+    head_dropout: float = _option(0.1, "dropout before the head's linear layer")
+    overlap: int | None = _option(None, "characters shared by consecutive windows of a sentence longer than a "
+                                  "block (None: block_size / 4)")
+    eval_batch_size: int = _option(64, "windows, texts or (lm) blocks per forward pass when evaluating")
+
+    def __post_init__(self):
+        if self.scheme != "auto" and self.scheme not in SCHEMES:
+            raise ValueError(f"scheme must be auto or one of {SCHEMES}, got {self.scheme!r}")
+        if self.token_format not in TOKEN_FORMATS:
+            raise ValueError(f"token_format must be one of {TOKEN_FORMATS}, got {self.token_format!r}")
+        if self.pooling not in ("mean", "cls"):
+            raise ValueError(f"pooling must be 'mean' or 'cls', got {self.pooling!r}")
+        if self.head_lr_scale <= 0 or self.eval_batch_size < 1 or not 0 <= self.head_dropout < 1:
+            raise ValueError("need head_lr_scale > 0, eval_batch_size >= 1 and 0 <= head_dropout < 1")
+
+
+@dataclass
+class LMConfig:
+    """--task lm: what the forgetting is measured on, rehearsal, and the samples shown at each evaluation."""
+
+    original_val: str = _option("", "the base's pretraining validation text: its bits/char before and after "
+                                "measure forgetting (empty: not measured)")
+    rehearsal_data: str = _option("", "text of the original corpus to rehearse (empty: no rehearsal)")
+    rehearsal_share: float = _option(0.25, "share of every batch drawn from --rehearsal-data")
+    eval_batches: int = _option(20, "batches of dev text per periodic evaluation (0: all of it)")
+    sample_prompt: str = _option("\n", "prompt of the sample printed at each evaluation")
+    sample_chars: int = _option(200, "characters sampled at each evaluation")
+
+    def __post_init__(self):
+        if not 0 <= self.rehearsal_share < 1:
+            raise ValueError(f"rehearsal_share must be in [0, 1), got {self.rehearsal_share}")
+        if self.eval_batches < 0 or self.sample_chars < 0:
+            raise ValueError("need eval_batches >= 0 and sample_chars >= 0")
+
+
+@dataclass
+class Job:
+    """The task-specific parts of a fine-tuning run (see the module docstring)."""
+
+    model: nn.Module  # what fit trains: encoder + head, or the language model itself
+    body: CharTransformer  # where the fine-tuning method goes
+    vocab: CharVocab
+    objective: Any  # for charformer.train.fit
+    n_train: int  # training pieces (sentences, texts, blocks) per epoch
+    base_dir: Path | None  # the pretrained checkpoint; None from scratch
+    description: dict  # {"task": ...}, stored with every checkpoint and adapter
+    heads: dict[str, nn.Module]  # modules an adapter stores whole
+    head_params: tuple[str, ...]  # body parameters that are the head ("freeze" trains them)
+    lr_scale: dict[str, float] | None  # for fit: the head learns faster
+    save_full: Callable[..., None]  # (path, extra, trainer_state, trainer_tensors): a complete checkpoint
+    load_best: Callable[[Path, torch.device], nn.Module]  # OUT/best (checkpoint or adapter) -> model
+    score: Callable[[nn.Module], dict]  # model -> {"test": metrics, ...}, recorded as <name>_before/_after
+    results: dict = field(default_factory=dict)  # more results.json entries
+
+
+def model_config(args: argparse.Namespace, init: str) -> tuple[ModelConfig, CharVocab | None]:
+    """The encoder's config (and, for a checkpoint, its vocabulary; None when building from scratch)."""
+    if init == "scratch":
+        causal = False if args.causal is None else args.causal  # an encoder reads the whole sentence
+        return build_dataclass(ModelConfig, args, vocab_size=1, causal=causal), None
+    cfg, vocab = pretrained_config(init)
+    fixed = {k: v for k, v in cfg.to_dict().items() if k not in FREE_MODEL_OPTIONS}
+    clashes = [f"--{k.replace('_', '-')} {getattr(args, k)} (checkpoint: {v})" for k, v in fixed.items()
+               if getattr(args, k, None) is not None and getattr(args, k) != v]
+    if clashes:
+        raise CharformerError(f"the architecture comes from --init {init}; these options differ: {', '.join(clashes)}")
+    free = {k: getattr(args, k) for k in FREE_MODEL_OPTIONS if getattr(args, k) is not None}
+    return ModelConfig.from_dict({**cfg.to_dict(), **free}), vocab
+
+
+# ----------------------------------------------------------------------------------- cws, ner, classify
+
+
+def read_task_files(task: str, cfg: TaskConfig, paths: dict[str, str]) -> dict[str, list]:
+    """Train, dev and test examples (Sentence or Document lists) of `task`."""
+    if task == "cws":
+        return {name: read_cws(path, cfg.sep) for name, path in paths.items()}
+    if task == "ner":
+        return {name: read_conll(path, cfg.token_format) for name, path in paths.items()}
+    return {name: read_labeled(path, label_column=cfg.label_column, text_column=cfg.text_column,
+                               delimiter=cfg.delimiter) for name, path in paths.items()}
+
+
+def _label_order(labels: set[str]) -> list[str]:
+    """Labels sorted as numbers when they all are (0, 1, 2, ..., 10), else as strings."""
+    return sorted(labels, key=int) if all(label.lstrip("-").isdigit() for label in labels) else sorted(labels)
+
+
+def describe_task(task: str, cfg: TaskConfig, data: dict[str, list], block_size: int) -> dict:
+    """The task description stored in every checkpoint: what the head predicts and how it decodes."""
+    overlap = block_size // 4 if cfg.overlap is None else cfg.overlap
+    if not 0 <= overlap < block_size:
+        raise CharformerError(f"--overlap must be in [0, block_size={block_size}), got {overlap}")
+    train = data["train"]
+    if task == "classify":
+        labels = _label_order({d.label for d in train})
+        for name in ("dev", "test"):
+            unseen = [d for d in data[name] if d.label not in labels]
+            if unseen:
+                print(f"warning: {len(unseen)} {name} texts have a label absent from the training file "
+                      f"(first: {unseen[0].where}, {unseen[0].label!r}); they count as errors")
+        return {"task": task, "labels": labels, "pooling": cfg.pooling, "head_dropout": cfg.head_dropout}
+    if task == "cws":
+        scheme, tags = "BMES", tag_set("BMES", [""], outside=False)
+    else:
+        scheme = detect_scheme(t for s in train for t in s.tags) if cfg.scheme == "auto" else cfg.scheme
+        tags = tag_set(scheme, {t for s in train for _, _, t in s.spans})
+        invalid = [s for s in train if not is_valid(s.tags, scheme)]
+        if invalid:
+            print(f"warning: {len(invalid)} training sentences have tag sequences that are not valid {scheme} (first: "
+                  f"{invalid[0].where}); their entities were read leniently, like the CoNLL scorer does")
+    reading = {"sep": cfg.sep} if task == "cws" else {"token_format": cfg.token_format}
+    return {"task": task, "scheme": scheme, "tags": tags, "crf": cfg.crf, "head_dropout": cfg.head_dropout,
+            "overlap": overlap, **reading}
+
+
+def task_job(args: argparse.Namespace, cfg: TaskConfig, train_cfg: TrainConfig, train_examples: int | None) -> Job:
+    """cws, ner or classify: read the files, build encoder + head (from --init or from scratch).
+    train_examples: train on a random subset of this many training examples (seeded by the training seed)."""
+    data = read_task_files(args.task, cfg, {"train": args.train, "dev": args.dev, "test": args.test})
+    if train_examples is not None and train_examples < len(data["train"]):
+        keep = sorted(random.Random(train_cfg.seed).sample(range(len(data["train"])), train_examples))
+        data["train"] = [data["train"][i] for i in keep]
+    body_cfg, vocab = model_config(args, args.init)
+    if vocab is None:
+        vocab = CharVocab.build(x.text for x in data["train"])
+        body_cfg = ModelConfig.from_dict({**body_cfg.to_dict(), "vocab_size": len(vocab)})
+    task = describe_task(args.task, cfg, data, body_cfg.block_size)
+    sizes = {"block_size": body_cfg.block_size, "batch_size": train_cfg.batch_size, "eval_batch_size": cfg.eval_batch_size}
+    if args.task == "classify":
+        objective = ClassificationObjective(task, data["train"], data["dev"], vocab, **sizes)
+    else:
+        words = {w for s in data["train"] for w in spans_to_words(s.text, s.spans)} if args.task == "cws" else None
+        objective = TaggingObjective(task, data["train"], data["dev"], vocab, train_words=words, **sizes)
+    for name, examples in data.items():
+        text = "".join(x.text for x in examples)
+        print(f"{name}: {len(examples):,} {'texts' if args.task == 'classify' else 'sentences'}, {len(text):,} "
+              f"characters, vocabulary coverage {vocab.coverage(text):.4%}")
+    torch.manual_seed(train_cfg.seed)
+    model = build_task_model(body_cfg, task)
+    base_dir = None if args.init == "scratch" else resolve(args.init)
+    if base_dir is not None:
+        load_weights(model.body, base_dir)
+
+    def save_full(path, extra, trainer_state, trainer_tensors):
+        save_task_checkpoint(path, model, vocab, task, extra=extra, trainer_state=trainer_state,
+                             trainer_tensors=trainer_tensors)
+
+    @torch.no_grad()
+    def score(m):
+        m.eval()
+        return {"test": objective.score(m, data["test"])}
+
+    return Job(model=model, body=model.body, vocab=vocab, objective=objective, n_train=objective.n_train,
+               base_dir=base_dir, description={"task": task}, heads={"head": model.head}, head_params=(),
+               lr_scale={"head.": cfg.head_lr_scale}, save_full=save_full,
+               load_best=lambda path, device: load_task_checkpoint(path, device)[0], score=score,
+               results={"train_examples": len(data["train"]), "train_pieces": objective.n_train, "head": task,
+                        "task_options": asdict(cfg)})
+
+
+# ---------------------------------------------------------------------------------------------- lm
+
+
+def _coverage(vocab: CharVocab, name: str, text: str) -> dict:
+    """How much of `text` the vocabulary covers; prints one line."""
+    unseen = sorted({c for c in vocab.normalize(text) if c not in vocab})
+    share = vocab.coverage(text)
+    shown = "".join(c for c in unseen[:20] if c.isprintable())
+    print(f"{name}: {len(text):,} characters, vocabulary coverage {share:.4%}"
+          + (f"; {len(unseen)} distinct characters unseen by the base read as [UNK] ({shown}...)" if unseen else ""))
+    return {"coverage": share, "unseen_distinct": len(unseen)}
+
+
+def lm_job(args: argparse.Namespace, cfg: LMConfig, train_cfg: TrainConfig, eval_batch_size: int) -> Job:
+    """Continue training the causal LM of --init on --train, evaluating on --dev (see the module docstring)."""
+    if args.init == "scratch":
+        raise CharformerError("--task lm continues a pretrained causal LM: give --init DIR (pretrain.py --out); "
+                              "pretrain.py trains one from scratch")
+    model_cfg, vocab = model_config(args, args.init)
+    if not model_cfg.causal:
+        raise CharformerError(f"--init {args.init}: a bidirectional (masked-LM) model; --task lm continues a causal "
+                              "one (pretrain.py --objective clm)")
+    paths = {"train": args.train, "dev": args.dev, "test": args.test, "original": cfg.original_val,
+             "rehearsal": cfg.rehearsal_data}
+    texts = {name: read_corpus([path]) for name, path in paths.items() if path}
+    coverage = {name: _coverage(vocab, name, text) for name, text in texts.items()}
+    tokens = {name: encode_array(vocab, text) for name, text in texts.items()}
+    block = model_cfg.block_size
+    for name, ids in tokens.items():
+        needed = block + 1 if name in ("train", "rehearsal") else 2  # a training window; one scored target
+        if len(ids) < needed:
+            raise CharformerError(f"{paths[name]}: {len(ids)} characters, fewer than the {needed} needed "
+                                  f"(block_size {block})")
+    objective = CausalLM(tokens["train"], tokens["dev"], vocab, block_size=block, batch_size=train_cfg.batch_size,
+                         eval_batches=cfg.eval_batches, sample_prompt=cfg.sample_prompt, sample_chars=cfg.sample_chars,
+                         rehearsal_tokens=tokens.get("rehearsal"), rehearsal_share=cfg.rehearsal_share)
+    torch.manual_seed(train_cfg.seed)
+    model = CharTransformer(model_cfg)
+    base_dir = resolve(args.init)
+    load_weights(model, base_dir)
+    scored = [name for name in ("dev", "test", "original") if name in tokens]
+
+    def save_full(path, extra, trainer_state, trainer_tensors):
+        save_checkpoint(path, model, model_cfg, vocab, extra={"objective": "clm", "finetuned_from": str(base_dir),
+                                                                **extra},
+                        trainer_state=trainer_state, trainer_tensors=trainer_tensors)
+
+    @torch.no_grad()
+    def score(m):
+        m.eval()
+        out = {name: lm_scores(m, tokens[name], block_size=block, batch_size=eval_batch_size) for name in scored}
+        if "original" in out:
+            out["original_bpc"] = out["original"]["bpc"]
+        out["sample"] = sample_text(m, vocab, cfg.sample_prompt, cfg.sample_chars, seed=train_cfg.seed)
+        return out
+
+    return Job(model=model, body=model, vocab=vocab, objective=objective,
+               n_train=max(1, (len(tokens["train"]) - 1) // block), base_dir=base_dir,
+               description={"task": {"task": "lm"}},
+               heads={}, head_params=("tok_emb.",), lr_scale=None, save_full=save_full,
+               load_best=lambda path, device: load_adapted_checkpoint(path, device)[0], score=score,
+               results={"coverage": coverage, "train_chars": len(texts["train"]),
+                        "rehearsal_rows_per_batch": objective.rehearsal_rows, "lm_options": asdict(cfg)})

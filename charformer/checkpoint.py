@@ -93,15 +93,22 @@ def save_checkpoint(
     return Path(path)
 
 
+def read_tagged_json(file: Path, fmt: str, kind: str) -> dict:
+    """Read a JSON file whose ``"format"`` field must equal `fmt`. Raises CharformerError naming `file` when it
+    is not valid JSON or not a `kind`."""
+    try:
+        meta = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise CharformerError(f"{file}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise CharformerError(f"{file}: not a {kind}")
+    return meta
+
+
 def read_meta(path: str | Path) -> tuple[dict, ModelConfig, CharVocab]:
     """Read config.json and vocab.json of a checkpoint; check they agree. Raises CharformerError."""
     path = resolve(path)
-    try:
-        meta = json.loads((path / "config.json").read_text())
-    except json.JSONDecodeError as e:
-        raise CharformerError(f"{path / 'config.json'}: not valid JSON ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise CharformerError(f"{path / 'config.json'}: not a charformer checkpoint config")
+    meta = read_tagged_json(path / "config.json", FORMAT, "charformer checkpoint config")
     try:
         cfg = ModelConfig.from_dict(meta["model"])
     except (KeyError, TypeError, ValueError) as e:

@@ -37,7 +37,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..checkpoint import atomic_dir, load_checkpoint
+from ..checkpoint import atomic_dir, load_checkpoint, read_tagged_json
 from ..errors import CharformerError
 from ..model import CharTransformer, ModelConfig
 from ..vocab import CharVocab
@@ -205,13 +205,7 @@ def read_adapter_meta(path: str | Path) -> dict:
     path = Path(path)
     if not (path / "adapter.json").is_file() or not (path / "adapter.safetensors").is_file():
         raise CharformerError(f"{path}: no adapter here (expected adapter.json and adapter.safetensors)")
-    try:
-        meta = json.loads((path / "adapter.json").read_text())
-    except json.JSONDecodeError as e:
-        raise CharformerError(f"{path / 'adapter.json'}: not valid JSON ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise CharformerError(f"{path / 'adapter.json'}: not a charformer adapter")
-    return meta
+    return read_tagged_json(path / "adapter.json", FORMAT, "charformer adapter")
 
 
 def find_adapter(path: str | Path) -> Path | None:

@@ -55,7 +55,7 @@ from charformer.data import read_text, split_lines  # noqa: E402
 from charformer.errors import CharformerError, run_cli  # noqa: E402
 from charformer.generate import generate  # noqa: E402
 from charformer.model import CharTransformer, ModelConfig  # noqa: E402
-from charformer.quantize import quantize_int8  # noqa: E402
+from charformer.quantize import int8_engine, quantize_int8  # noqa: E402
 from charformer.tasks.metrics import cws_scores  # noqa: E402
 from charformer.tasks.model import load_task_checkpoint  # noqa: E402
 from charformer.tasks.objectives import tag_texts  # noqa: E402
@@ -275,7 +275,7 @@ def run_all(args, threads: list[int], batches: list[int], lines: list[str]) -> d
     n_chars = sum(map(len, lines))
     results = {
         "setup": {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                  "quantized_engine": torch.backends.quantized.engine, "ckpt": args.ckpt, "model": body.to_dict(),
+                  "quantized_engine": int8_engine(), "ckpt": args.ckpt, "model": body.to_dict(),
                   "params": seg["fp32"][0].body.num_params(), "input_lines": len(lines), "input_chars": n_chars,
                   "repeats": args.repeats, "quick": args.quick},
         "segmentation": [], "generation": [],

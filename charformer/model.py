@@ -241,9 +241,15 @@ class CharTransformer(nn.Module):
             cache.length += T
         return self.norm_f(x)
 
-    def forward(self, idx, *, lengths=None, cache: KVCache | None = None) -> torch.Tensor:
-        """Next-character (causal) or masked-character (bidirectional) logits ``(B, T, V)``."""
-        return self.lm_head(self.hidden_states(idx, lengths=lengths, cache=cache))
+    def forward(self, idx, *, lengths=None, cache: KVCache | None = None, select: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-character (causal) or masked-character (bidirectional) logits ``(B, T, V)``.
+
+        `select`, a ``(B, T)`` bool mask, returns only the logits of the selected positions, ``(N, V)`` in
+        row-major order: masked LM scores ~15% of the positions, and the V-wide head is the costliest matmul of
+        a small character model, so skipping the rest saves about a third of a pretraining step.
+        """
+        hidden = self.hidden_states(idx, lengths=lengths, cache=cache)
+        return self.lm_head(hidden if select is None else hidden[select])
 
     def num_params(self) -> int:
         """Number of parameters (the tied embedding / LM head counted once)."""

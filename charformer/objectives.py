@@ -188,7 +188,9 @@ class MaskedLM:
         inputs, targets, lengths = batch
         # Full-length rows need no key-padding mask, which keeps attention on its fused no-mask path.
         full = self.packing == "windows"
-        return lm_loss(model(inputs, lengths=None if full else lengths), targets), int(lengths.sum())
+        chosen = targets != IGNORE_INDEX
+        logits = model(inputs, lengths=None if full else lengths, select=chosen)  # (N, V): chosen positions only
+        return F.cross_entropy(logits.float(), targets[chosen]), int(lengths.sum())
 
     def _score(self, model, max_batches: int | None) -> dict[str, float]:
         total, count, correct = score_batches(model, self.val_batches, max_batches)

@@ -68,14 +68,26 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     except ImportError as e:
         raise CharformerError(f"this torch ({torch.__version__}) has no dynamic quantization ({e}); run without "
                               "--int8") from None
+    engines = torch.backends.quantized
+    previous = engines.engine
     with warnings.catch_warnings():
         # torch.ao.quantization and quantized tensors announce their deprecation on every use; see above.
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.ao\.")
         warnings.filterwarnings("ignore", message=r"(?s).*torch\.ao\.quantization is deprecated")
         warnings.filterwarnings("ignore", message=r"(?s).*quantized tensor creation functions .* are deprecated")
-        quantize_dynamic(model.eval(), {name: per_channel_dynamic_qconfig for name in names}, dtype=torch.qint8,
-                         inplace=True)
+        try:
+            # The weights are packed for the engine current now and keep it, whatever the global setting later.
+            engines.engine = int8_engine()
+            quantize_dynamic(model.eval(), {name: per_channel_dynamic_qconfig for name in names}, dtype=torch.qint8,
+                             inplace=True)
+        finally:
+            engines.engine = previous
     return model
+
+
+def int8_engine() -> str:
+    """The quantized engine `quantize_int8` packs weights for: oneDNN where this torch has it, else the default."""
+    return "onednn" if "onednn" in torch.backends.quantized.supported_engines else torch.backends.quantized.engine
 
 
 def inference_device(name: str, int8: bool) -> torch.device:

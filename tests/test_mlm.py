@@ -57,8 +57,9 @@ class LogitsModel(torch.nn.Module):
         super().__init__()
         self.logits = torch.nn.Parameter(logits)
 
-    def forward(self, ids, lengths=None):
-        return self.logits[: ids.shape[0], : ids.shape[1]]
+    def forward(self, ids, lengths=None, select=None):
+        logits = self.logits[: ids.shape[0], : ids.shape[1]]
+        return logits if select is None else logits[select]
 
 
 def test_loss_reads_only_the_chosen_positions_and_eval_masking_is_fixed():

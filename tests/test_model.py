@@ -121,3 +121,13 @@ def test_rope_scores_depend_only_on_relative_position():
     score = lambda m, n: (apply_rope(q, rot[m : m + 1]) * apply_rope(k, rot[n : n + 1])).sum()  # noqa: E731
     torch.testing.assert_close(score(10, 3), score(57, 50), rtol=1e-5, atol=1e-5)
     assert (score(10, 3) - score(10, 4)).abs() > 1e-3
+
+
+def test_selected_logits_are_the_rows_of_the_full_logits():
+    model = tiny_model(causal=False).eval()
+    idx = torch.randint(0, 50, (3, 12), generator=torch.Generator().manual_seed(0))
+    select = torch.rand(3, 12, generator=torch.Generator().manual_seed(1)) < 0.3
+    with torch.no_grad():
+        full, picked = model(idx), model(idx, select=select)
+    assert picked.shape == (int(select.sum()), model.cfg.vocab_size)
+    torch.testing.assert_close(picked, full[select], rtol=0, atol=1e-6)

@@ -9,7 +9,8 @@ from hypothesis import given, settings, strategies as st
 from charformer.errors import CharformerError
 from charformer.model import ModelConfig
 from charformer.tasks.model import build_task_model, freeze, load_task_checkpoint, save_task_checkpoint
-from charformer.tasks.objectives import chunk_batch, predict_tags
+from charformer.tasks.objectives import BUCKET_BATCHES, TaggingObjective, chunk_batch, predict_tags
+from charformer.tasks.readers import Sentence
 from charformer.tasks.schemes import tag_set
 from charformer.tasks.windows import clip_spans, plan_windows, training_pieces
 from charformer.train import TrainConfig, make_optimizer
@@ -61,6 +62,36 @@ def test_long_sentences_get_exactly_one_tag_per_character():
         # a sentence that fits one block is decoded from one plain forward pass
         ids = torch.tensor([sentences[2]])
         assert paths[2] == model.head.decode(model(ids, torch.tensor([BLOCK])), torch.tensor([BLOCK]))[0]
+
+
+def test_tagging_batches_are_length_bucketed_and_every_piece_equally_likely():
+    vocab = CharVocab.build(["a"])
+    # 64 one-word sentences, four of each length 1..16: with batches of 2, two buckets (lengths 1-8, 9-16)
+    train = [Sentence("a" * (1 + i % 16), ((0, 1 + i % 16, ""),), f"t:{i}") for i in range(64)]
+    objective = TaggingObjective({"task": "cws", "scheme": "BMES", "tags": ["B", "M", "E", "S"], "overlap": 4},
+                                 train, train[:1], vocab, block_size=BLOCK, batch_size=2, eval_batch_size=8)
+    assert len(objective.buckets) == 64 // (BUCKET_BATCHES * 2) and objective.mean_length == 8.5
+    g = torch.Generator().manual_seed(0)
+    draws = torch.zeros(17)
+    for _ in range(4000):
+        ids, lengths, tags = objective.batch(g)
+        assert ids.shape == (2, int(lengths.max())) and (lengths.min() - 1) // 8 == (lengths.max() - 1) // 8
+        draws[lengths] += 1
+    # Each length equally likely: 8,000 draws over 16 lengths, 500 each in expectation (sd ~22).
+    assert draws[0] == 0 and draws[1:].min() > 500 - 90 and draws[1:].max() < 500 + 90
+
+
+def test_tagging_loss_is_the_character_sum_over_a_constant():
+    model, task = tagger()
+    vocab = CharVocab.build(["abc"])
+    train = [Sentence("ab" * n, ((0, 2 * n, "PER"),), f"t:{n}") for n in (1, 2, 5)]  # mean piece length 16/3
+    objective = TaggingObjective(task, train, train, vocab, block_size=BLOCK, batch_size=2, eval_batch_size=8)
+    ids, lengths, tags = objective.batch(torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        loss, n_chars = objective.loss(model, (ids, lengths, tags))
+        mean = model(ids, lengths, tags)
+    assert n_chars == int(lengths.sum())
+    torch.testing.assert_close(loss, mean * n_chars / (2 * 16 / 3))
 
 
 @pytest.mark.parametrize("crf", [False, True])

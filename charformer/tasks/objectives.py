@@ -4,9 +4,19 @@ the command-line tools share.
 Training draws random batches with the loop's generator alone (so a resumed run draws the same batches): for
 tagging, pieces of sentences that fit a block (`windows.training_pieces`, cut at word or entity boundaries);
 for classification, whole texts as chunks. One *epoch* is as many draws as there are training pieces or texts
-(with replacement). Evaluation predicts every dev sentence whole, stitching windows where it is longer than a
-block (`windows.plan_windows`), so each character gets exactly one tag, and scores it with the task metric:
-word F1 for segmentation, entity F1 for NER, accuracy for classification (`metrics`).
+(with replacement).
+
+Tagging batches are *length-bucketed*, as machine translation batches sentences of similar length (Vaswani
+et al. 2017, section 5.1): the pieces are sorted by length into buckets of `BUCKET_BATCHES` batches and a batch
+is drawn from one bucket, so it pads little (CTB6 training pieces: 45 characters on average; a random batch of
+32 pads to ~116, a bucketed one to ~47). Each piece stays equally likely: a bucket is chosen with probability
+proportional to its size. The loss is the sum over the batch's real characters divided by a constant, rows x
+mean piece length, rather than their mean: a batch of short pieces has few characters, and a mean would give
+each of them more weight than a character of a long sentence.
+
+Evaluation predicts every dev sentence whole, stitching windows where it is longer than a block
+(`windows.plan_windows`), so each character gets exactly one tag, and scores it with the task metric: word F1
+for segmentation, entity F1 for NER, accuracy for classification (`metrics`).
 """
 
 from __future__ import annotations
@@ -17,12 +27,15 @@ import torch
 from tqdm import tqdm
 
 from ..data import IGNORE_INDEX, pad_sequences
+from ..errors import CharformerError
 from ..vocab import CLS_ID, CharVocab
 from .heads import Classifier, Tagger
 from .metrics import classification_scores, cws_scores, entity_scores
 from .readers import Document, Sentence
 from .schemes import spans_to_tags, spans_to_words, tags_to_spans
 from .windows import chunks, clip_spans, plan_windows, training_pieces
+
+BUCKET_BATCHES = 16  # batches' worth of pieces per length bucket: enough variety within one, little padding
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -118,21 +131,32 @@ class TaggingObjective:
             for a, b in training_pieces(sentence.spans, len(ids), block_size):
                 tags = spans_to_tags(clip_spans(sentence.spans, a, b), b - a, task["scheme"])
                 self.pieces.append((ids[a:b], [index[t] for t in tags]))
+        if not self.pieces:
+            raise CharformerError("no training sentence has a character to tag")
+        by_length = sorted(range(len(self.pieces)), key=lambda i: len(self.pieces[i][0]))
+        size = BUCKET_BATCHES * batch_size
+        self.buckets = [torch.tensor(by_length[i : i + size]) for i in range(0, len(by_length), size)]
+        self.bucket_sizes = torch.tensor([len(b) for b in self.buckets], dtype=torch.float64)
+        self.mean_length = sum(len(ids) for ids, _ in self.pieces) / len(self.pieces)
 
     @property
     def n_train(self) -> int:
         return len(self.pieces)
 
     def batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """ids ``(B, T)``, lengths ``(B,)``, tags ``(B, T)`` (`IGNORE_INDEX` on padding)."""
-        picks = [self.pieces[i] for i in torch.randint(len(self.pieces), (self.batch_size,), generator=generator).tolist()]
-        ids, lengths = pad_sequences([p[0] for p in picks])
-        tags, _ = pad_sequences([p[1] for p in picks], pad=IGNORE_INDEX)
+        """ids ``(B, T)``, lengths ``(B,)``, tags ``(B, T)`` (`IGNORE_INDEX` on padding): `batch_size` pieces
+        drawn uniformly from one length bucket, itself drawn in proportion to its size."""
+        bucket = self.buckets[int(torch.multinomial(self.bucket_sizes, 1, generator=generator))]
+        picks = bucket[torch.randint(len(bucket), (self.batch_size,), generator=generator)].tolist()
+        ids, lengths = pad_sequences([self.pieces[i][0] for i in picks])
+        tags, _ = pad_sequences([self.pieces[i][1] for i in picks], pad=IGNORE_INDEX)
         return ids, lengths, tags
 
     def loss(self, model, batch) -> tuple[torch.Tensor, int]:
+        """Summed loss over the real characters / (rows x mean piece length); see the module docstring."""
         ids, lengths, tags = batch
-        return model(ids, lengths, tags), int(lengths.sum())
+        n_chars = int(lengths.sum())
+        return model(ids, lengths, tags) * (n_chars / (len(ids) * self.mean_length)), n_chars
 
     def score(self, model: Tagger, sentences: Sequence[Sentence], progress: bool = False) -> dict:
         """All metrics of the task on `sentences` (segmentation: `cws_scores`; NER: `entity_scores`)."""

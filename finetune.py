@@ -3,8 +3,8 @@ classification, or continued language-model training on new text (lm); fully or 
 method.
 
     python finetune.py --task cws --train ctb6/train.txt --dev ctb6/dev.txt --test ctb6/test.txt \\
-        --init out/ctb6_mlm --out out/ctb6_cws --epochs 3
-    python finetune.py --task cws ... --init out/ctb6_mlm --out out/ctb6_cws_lora --method lora --lora-r 8
+        --init out/zh_mlm --out out/ctb6_cws --epochs 3
+    python finetune.py --task cws ... --init out/zh_mlm --out out/ctb6_cws_lora --method lora --lora-r 8
     python finetune.py --task ner --train resume/train.char.bmes --dev resume/dev.char.bmes \\
         --test resume/test.char.bmes --init scratch --n-layers 4 --n-heads 4 --d-model 192 --block-size 128 --crf
     python finetune.py --task classify --train chnsenticorp/train.tsv --dev chnsenticorp/dev.tsv \\

@@ -2,7 +2,7 @@
 sentiment classification (ChnSentiCorp) and continued language-model training, and draw label-efficiency curves.
 
     python bench/peft_compare.py --quick          # tiny subsets, tiny bases pretrained here, few steps: < 3 min
-    python bench/peft_compare.py --encoder out/ctb6_mlm --lm-base out/chinese_char_cpu --out out/peft_compare
+    python bench/peft_compare.py --encoder out/zh_mlm --lm-base out/chinese_char_cpu --out out/peft_compare
 
 Every run is finetune.py's own `main` (nothing of its logic is repeated here), each in a forked child process:
 this parent imports torch but computes nothing, so forking is safe, and each child's peak resident memory is its
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (default out/peft_compare, or out/peft_compare_quick)")
     p.add_argument("--tasks", default="cws,classify,lm", help="comma-separated subset of cws, classify, lm")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ", ".join(METHODS))
-    p.add_argument("--encoder", default="out/ctb6_mlm", help="pretrained bidirectional checkpoint for cws and "
+    p.add_argument("--encoder", default="out/zh_mlm", help="pretrained bidirectional checkpoint for cws and "
                    "classify (pretrain.py --objective mlm)")
     p.add_argument("--lm-base", default="out/chinese_char_cpu", help="pretrained causal checkpoint for lm")
     p.add_argument("--lm-base-text", default=str(ROOT / "data/xiyouji_1-17.txt"), help="the text --lm-base was "

@@ -15,12 +15,14 @@ labels) stays fp32: it is a negligible share of the time, and its scores feed Vi
 Layers wrapped by a parameter-efficient method (`charformer.peft.inject.AdaptedLinear`) are not `nn.Linear`
 and stay fp32.
 
-How much it buys. A forward pass at d_model 192 spends only about half its time in the linear layers on this
-2-core Xeon (profiled at batch 32 x 128 characters, one thread: matmuls 52%, GELU 12%, attention 12%, the rest
-elementwise). The int8 layers alone measured 1.5-2.7x faster than fp32 (4096 x 192 inputs, one thread), but a
-whole forward pass only 1.0-1.4x and end-to-end segmentation 1.2-1.4x (`bench/inference.py --quick`, on a
-machine shared with other jobs); on the same CPU, bf16 autocast (AMX) gave 1.6-2x. Memory: the weights shrink
-about 2.4x, but a process's peak is dominated by torch itself and the fp32 activations.
+How much it buys. A forward pass at d_model 192 spends only about 55-65% of its time in the linear layers on
+this 2-core Xeon (profiled at batch 64 x 45 characters, one thread; attention ~12%, GELU ~12%, the rest
+elementwise), so even infinitely fast int8 layers would give under 3x. The weights are packed for oneDNN
+(`int8_engine`), which uses the CPU's AMX / VNNI int8 units: in an interleaved A/B on the CTB6 segmenter (one
+thread, batches of 8 and 64 sentences of 45 characters) the forward pass ran 1.45x faster than fp32 with oneDNN
+and 1.22-1.29x with PyTorch's default x86 engine (fbgemm). End to end (windows, Viterbi, words; `bench/inference.py`)
+segmentation gains 1.24-1.36x; bf16 autocast (AMX) 1.3-1.65x. Memory: the weights shrink about 2x, but a
+process's peak is dominated by torch itself and the fp32 activations.
 
 Why PyTorch's implementation rather than our own: a plain int8 linear written here (per-token activation
 scales, `torch._int_mm`) was slower than fp32 for the MLP shapes (4096 x 192 @ 192 x 768: about 2x slower),

@@ -42,7 +42,9 @@ def test_block_linears_become_int8_and_heads_stay_fp32(tiny_segmenter):
         assert _is_int8(layer)
     assert type(model.head.proj) is nn.Linear and type(model.body.lm_head) is nn.Linear  # lm_head unused by a tagger
 
+    engine = torch.backends.quantized.engine
     lm = quantize_int8(tiny_model())
+    assert torch.backends.quantized.engine == engine  # packing for oneDNN does not change the process's setting
     assert _is_int8(lm.lm_head) and type(lm.tok_emb) is nn.Embedding  # the tied table stays fp32 for the input
     with pytest.raises(CharformerError, match="takes a CharTransformer or a task model"):
         quantize_int8(nn.Linear(4, 4))

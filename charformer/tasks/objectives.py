@@ -131,13 +131,11 @@ class TaggingObjective:
             for a, b in training_pieces(sentence.spans, len(ids), block_size):
                 tags = spans_to_tags(clip_spans(sentence.spans, a, b), b - a, task["scheme"])
                 self.pieces.append((ids[a:b], [index[t] for t in tags]))
-        if not self.pieces:
-            raise CharformerError("no training sentence has a character to tag")
         by_length = sorted(range(len(self.pieces)), key=lambda i: len(self.pieces[i][0]))
         size = BUCKET_BATCHES * batch_size
         self.buckets = [torch.tensor(by_length[i : i + size]) for i in range(0, len(by_length), size)]
         self.bucket_sizes = torch.tensor([len(b) for b in self.buckets], dtype=torch.float64)
-        self.mean_length = sum(len(ids) for ids, _ in self.pieces) / len(self.pieces)
+        self.mean_length = sum(len(ids) for ids, _ in self.pieces) / max(1, len(self.pieces))
 
     @property
     def n_train(self) -> int:
@@ -145,7 +143,10 @@ class TaggingObjective:
 
     def batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """ids ``(B, T)``, lengths ``(B,)``, tags ``(B, T)`` (`IGNORE_INDEX` on padding): `batch_size` pieces
-        drawn uniformly from one length bucket, itself drawn in proportion to its size."""
+        drawn uniformly from one length bucket, itself drawn in proportion to its size. Raises CharformerError
+        when no training sentence has a character."""
+        if not self.buckets:
+            raise CharformerError("no training sentence has a character to tag")
         bucket = self.buckets[int(torch.multinomial(self.bucket_sizes, 1, generator=generator))]
         picks = bucket[torch.randint(len(bucket), (self.batch_size,), generator=generator)].tolist()
         ids, lengths = pad_sequences([self.pieces[i][0] for i in picks])

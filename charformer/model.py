@@ -241,7 +241,8 @@ class CharTransformer(nn.Module):
             cache.length += T
         return self.norm_f(x)
 
-    def forward(self, idx, *, lengths=None, cache: KVCache | None = None, select: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, idx, *, lengths=None, cache: KVCache | None = None,
+                select: torch.Tensor | None = None) -> torch.Tensor:
         """Next-character (causal) or masked-character (bidirectional) logits ``(B, T, V)``.
 
         `select`, a ``(B, T)`` bool mask, returns only the logits of the selected positions, ``(N, V)`` in

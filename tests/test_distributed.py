@@ -22,6 +22,25 @@ def _losses(out: Path) -> dict[int, float]:
     return {r["step"]: r["train_loss"] for r in records if "train_loss" in r}
 
 
+def _two_ranks(script: str, args: list[str]) -> str:
+    """Run `script` (at the repository root) with `args` as 2 gloo ranks under torchrun; returns its stdout."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run([*torchrun, str(ROOT / script), *args], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _same_curve(one: Path, two: Path, steps: int) -> tuple[dict, dict]:
+    """Assert that run `two` logged every step 1..steps with run `one`'s training loss (within TOLERANCE);
+    returns the two runs' results.json."""
+    losses_one, losses_two = _losses(one), _losses(two)
+    assert sorted(losses_two) == list(range(1, steps + 1))
+    for step in losses_one:
+        assert losses_two[step] == pytest.approx(losses_one[step], abs=TOLERANCE), step
+    return json.loads((one / "results.json").read_text()), json.loads((two / "results.json").read_text())
+
+
 def test_two_gloo_ranks_match_one_process(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("".join(f"{i}: 天下大势，分久必合，合久必分。All the world's a stage.\n" for i in range(200)))
@@ -30,18 +49,10 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, str(ROOT / "pretrain.py"), *common, "--batch-size", "8", "--out", str(tmp_path / "one")],
                    check=True, env=env, capture_output=True)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    proc = subprocess.run([*torchrun, str(ROOT / "pretrain.py"), *common, "--batch-size", "4", "--out", str(tmp_path / "two")],
-                          env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "4 per rank x 2 ranks x 1 accumulation = 8" in proc.stdout
+    stdout = _two_ranks("pretrain.py", [*common, "--batch-size", "4", "--out", str(tmp_path / "two")])
+    assert "4 per rank x 2 ranks x 1 accumulation = 8" in stdout
 
-    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
-    assert sorted(two) == list(range(1, 31))
-    for step in one:
-        assert two[step] == pytest.approx(one[step], abs=TOLERANCE), step
-    r1 = json.loads((tmp_path / "one" / "results.json").read_text())
-    r2 = json.loads((tmp_path / "two" / "results.json").read_text())
+    r1, r2 = _same_curve(tmp_path / "one", tmp_path / "two", 30)
     assert r2["val_loss"] == pytest.approx(r1["val_loss"], abs=TOLERANCE)
     assert r2["world_size"] == 2 and r2["effective_batch"] == 8
     model, _, meta = load_checkpoint(tmp_path / "two")  # written by rank 0, loads in a plain single process
@@ -61,26 +72,18 @@ def _cws_file(path: Path, n: int, seed: int) -> str:
 
 
 def test_finetune_two_gloo_ranks_match_one_process(tmp_path):
-    # Every sentence has 8 characters, so the two ranks' slices hold as many characters each: the tagging loss (a
-    # mean over characters) averaged over ranks, as DDP averages gradients, is then exactly the global mean.
+    # The tagging loss is a character sum over (rows x mean piece length), so DDP's average over ranks is exactly
+    # the one-process loss of the global batch.
     files = {split: _cws_file(tmp_path / f"{split}.txt", n, seed) for split, n, seed in
              (("train", 40, 0), ("dev", 8, 1), ("test", 8, 2))}
     common = ["--task", "cws", "--train", files["train"], "--dev", files["dev"], "--test", files["test"], "--init",
               "scratch", "--max-steps", "20", "--eval-interval", "10", "--n-layers", "2", "--n-heads", "2", "--d-model",
               "32", "--block-size", "16", "--log-interval", "1", "--device", "cpu", "--dropout", "0", "--head-dropout", "0"]
     assert finetune.main([*common, "--batch-size", "8", "--out", str(tmp_path / "one")]) == 0
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    proc = subprocess.run([*torchrun, str(ROOT / "finetune.py"), *common, "--batch-size", "4", "--out", str(tmp_path / "two")],
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("effective batch: 4 per rank x 2 ranks x 1 accumulation = 8") == 1  # rank 0 alone prints
+    stdout = _two_ranks("finetune.py", [*common, "--batch-size", "4", "--out", str(tmp_path / "two")])
+    assert stdout.count("effective batch: 4 per rank x 2 ranks x 1 accumulation = 8") == 1  # rank 0 alone prints
 
-    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
-    assert sorted(two) == list(range(1, 21))
-    for step in one:
-        assert two[step] == pytest.approx(one[step], abs=TOLERANCE), step
-    r1 = json.loads((tmp_path / "one" / "results.json").read_text())
-    r2 = json.loads((tmp_path / "two" / "results.json").read_text())
+    r1, r2 = _same_curve(tmp_path / "one", tmp_path / "two", 20)
     # scores differ by ~1e-7, far from any tie between tags: the same words are predicted
     assert (r2["dev_best_f1"], r2["test_after"]["f1"]) == (r1["dev_best_f1"], r1["test_after"]["f1"])
     assert (r2["world_size"], r2["effective_batch"], r2["epochs"]) == (2, 8, r1["epochs"])

@@ -181,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     task_cfg = build_dataclass(TaskConfig, args)
     train_cfg = build_dataclass(TrainConfig, args)
     method_cfg = choose_method(args, build_dataclass(MethodConfig, args), task_cfg)
+    if train_cfg.fsdp and method_cfg.method != "full":
+        raise CharformerError(f"--fsdp is for --method full: --method {method_cfg.method} trains a small share of the "
+                              "weights, which DDP (the default under torchrun) handles without sharding")
     device = pick_device(train_cfg.device)
     dist_info = init_distributed(device.type)  # under torchrun: one process per device; else a no-op
     if device.type == "cuda" and dist_info.enabled:
@@ -219,12 +222,12 @@ def main(argv: list[str] | None = None) -> int:
         tuning.check_resume(read_meta(out / "last")[0], out / "last")
         tuning.restore(load_trainer_state(out / "last")[1])
 
-    def save(path, trainer_state, trainer_tensors):
+    def save(path, trainer_state, trainer_tensors, weights):
         if trainer_state is None and tuning.saves_adapter:  # best/ of a parameter-efficient run
             tuning.save(path, job.body, heads=job.heads, extra=job.description, base_path=job.base_dir)
         else:
             tensors = None if trainer_state is None else {**trainer_tensors, **tuning.state_tensors()}
-            job.save_full(path, tuning.record, trainer_state, tensors)
+            job.save_full(path, tuning.record, trainer_state, tensors, weights)
 
     if args.overwrite and not resume and dist_info.is_main:
         clear_run(out)  # only now: a run with bad input must leave the old one untouched

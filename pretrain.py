@@ -179,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     extra = {"objective": data_cfg.objective, "data": asdict(data_cfg), "world_size": dist_info.world_size,
              "effective_batch": global_batch}
 
-    def save(path, trainer_state, trainer_tensors):
-        save_checkpoint(path, model, model_cfg, vocab, extra=extra, trainer_state=trainer_state, trainer_tensors=trainer_tensors)
+    def save(path, trainer_state, trainer_tensors, weights):
+        save_checkpoint(path, model, model_cfg, vocab, extra=extra, trainer_state=trainer_state,
+                        trainer_tensors=trainer_tensors, weights=weights)
 
     if args.overwrite and not resume and dist_info.is_main:
         clear_run(out)  # only now: a run with bad input must leave the old one untouched

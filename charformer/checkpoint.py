@@ -75,14 +75,19 @@ def save_checkpoint(
     extra: dict | None = None,
     trainer_state: dict | None = None,
     trainer_tensors: dict[str, torch.Tensor] | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a checkpoint directory atomically (see module docstring). `extra` is merged into config.json
     (e.g. the task head's description); `trainer_state` (JSON-able) and `trainer_tensors` hold what resuming
-    needs. Returns the path."""
+    needs. `weights`, if given, is `model`'s whole state dict, written instead of its own tensors (a model
+    sharded by FSDP holds only slices; `charformer.distributed.full_weights`). Returns the path."""
     if len(vocab) != model_cfg.vocab_size:
         raise CharformerError(f"vocabulary has {len(vocab)} ids but the model expects vocab_size={model_cfg.vocab_size}")
     with atomic_dir(path) as tmp:
-        save_model(model, str(tmp / "model.safetensors"))
+        if weights is None:
+            save_model(model, str(tmp / "model.safetensors"))
+        else:
+            save_file(_untied(weights, model), str(tmp / "model.safetensors"))
         meta = {"format": FORMAT, "version": 1, "model": model_cfg.to_dict(), **(extra or {})}
         (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
         vocab.save(tmp / "vocab.json")
@@ -91,6 +96,17 @@ def save_checkpoint(
             save_file({k: v.detach().cpu().contiguous() for k, v in (trainer_tensors or {}).items()},
                       str(tmp / "trainer_state.safetensors"))
     return Path(path)
+
+
+def _untied(weights: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """`weights` with each tied parameter (one tensor under several names, e.g. the embedding and the output
+    layer) kept once, under the name `save_model` keeps (the first in sorted order), so that the file is the
+    one `save_model` would write."""
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    aliases = {name for group in names.values() for name in sorted(group)[1:]}
+    return {k: v.contiguous() for k, v in weights.items() if k not in aliases}
 
 
 def read_tagged_json(file: Path, fmt: str, kind: str) -> dict:

@@ -26,7 +26,8 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import load_trainer_state, load_weights
-from .distributed import DistInfo, barrier, mean_across_ranks, shard
+from .distributed import (DistInfo, barrier, full_tensor, full_weights, gradient_sync, mean_across_ranks, shard,
+                          shard_like, wrap_model)
 from .errors import CharformerError
 from .runlog import MetricsLog, plot_curves
 
@@ -53,6 +54,7 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"  # "auto", "cpu" or "cuda"
     compile: bool = False  # torch.compile the model
+    fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer state (charformer.distributed)
 
 
 class Objective(Protocol):
@@ -87,7 +89,9 @@ def clear_run(out_dir: str | Path) -> None:
             path.unlink()
 
 
-SaveFn = Callable[[Path, dict | None, dict | None], None]  # (directory, trainer_state, trainer_tensors)
+# (directory, trainer_state, trainer_tensors, weights): `weights` is the model's whole state dict when the model
+# is sharded (FSDP), to be written instead of the model's own tensors; else None.
+SaveFn = Callable[[Path, dict | None, dict | None, dict | None], None]
 
 
 def pick_device(name: str) -> torch.device:
@@ -133,18 +137,22 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, lr_scale: dict[str,
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Split an optimizer state_dict into JSON (hyper-parameters) and named tensors (moments, step counts)."""
+    """Split an optimizer state_dict into JSON (hyper-parameters) and named tensors (moments, step counts),
+    whole even when FSDP shards them (then a collective: every rank must call it)."""
     sd = opt.state_dict()
-    tensors = {f"optim.{pid}.{k}": v for pid, st in sd["state"].items() for k, v in st.items()}
+    tensors = {f"optim.{pid}.{k}": full_tensor(v) for pid, st in sd["state"].items() for k, v in st.items()}
     return {"param_groups": sd["param_groups"]}, tensors
 
 
 def _restore_optimizer(opt: torch.optim.Optimizer, state: dict, tensors: dict[str, torch.Tensor]) -> None:
+    params = [p for group in opt.param_groups for p in group["params"]]  # index = the state dict's parameter id
     per_param: dict[int, dict] = {}
     for key, v in tensors.items():
         if key.startswith("optim."):
             _, pid, name = key.split(".", 2)
-            per_param.setdefault(int(pid), {})[name] = v
+            param = params[int(pid)]
+            # moments have the parameter's shape (and its sharding); step counts are scalars
+            per_param.setdefault(int(pid), {})[name] = shard_like(v, param) if v.shape == param.shape else v
     opt.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
 
 
@@ -167,7 +175,7 @@ def fit(
     ``out_dir/best`` when the metric improves, both through `save`. With `resume`, continues from
     ``out_dir/last`` exactly. Under torchrun (`dist_info` from `charformer.distributed.init_distributed`), the
     objective must draw *global* batches (per-rank batch x world size): each rank trains on its slice, DDP
-    averages gradients, and only rank 0 writes logs and checkpoints. `after_step(step)` is called after each
+    (or FSDP, with `cfg.fsdp`) averages gradients, and only rank 0 writes logs and checkpoints. `after_step(step)` is called after each
     optimizer step that was taken (not skipped), with its 0-based index, while gradients are still present
     (AdaLoRA's importance scores need them). Returns a summary: steps, chars_seen, train_seconds (steps only), wall_seconds
     (evaluations included), best metric, last evaluation, skipped (non-finite) steps, whether it stopped early.
@@ -176,12 +184,14 @@ def fit(
     device = next(model.parameters()).device
     torch.manual_seed(cfg.seed)
     data_gen = torch.Generator().manual_seed(cfg.seed)
-    opt = make_optimizer(model, cfg, lr_scale)
     state = {"step": 0, "chars_seen": 0, "train_seconds": 0.0, "wall_seconds": 0.0, "best": None, "bad_steps": 0,
              "evals_since_best": 0}
     if resume:
+        load_weights(model, out_dir / "last")  # before FSDP shards the parameters
+    run_model = wrap_model(model, dist_info, fsdp=cfg.fsdp)
+    opt = make_optimizer(model, cfg, lr_scale)
+    if resume:
         saved, tensors = load_trainer_state(out_dir / "last")
-        load_weights(model, out_dir / "last")
         _restore_optimizer(opt, saved["optimizer"], tensors)
         torch.set_rng_state(tensors["rng.torch"])
         data_gen.set_state(tensors["rng.data"])
@@ -190,24 +200,23 @@ def fit(
         state = saved["loop"]
     main = dist_info.is_main
     log = MetricsLog(out_dir / "metrics.jsonl", resume_step=state["step"] if resume else None) if main else None
-    run_model = model
-    if dist_info.enabled:
-        run_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         run_model = torch.compile(run_model)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     better = (lambda a, b: a > b) if objective.higher_is_better else (lambda a, b: a < b)
 
     def checkpoint(name: str) -> None:
+        # Gathering FSDP shards takes every rank; writing, rank 0 alone.
+        opt_json, tensors = _optimizer_tensors(opt)
+        weights = full_weights(model)
         if main:
-            opt_json, tensors = _optimizer_tensors(opt)
             tensors["rng.torch"] = torch.get_rng_state()
             tensors["rng.data"] = data_gen.get_state()
             if device.type == "cuda":
                 tensors["rng.cuda"] = torch.cuda.get_rng_state()
             trainer_state = {"loop": state, "optimizer": opt_json, "train_config": asdict(cfg),
                              "world_size": dist_info.world_size}
-            save(out_dir / name, trainer_state, tensors)
+            save(out_dir / name, trainer_state, tensors, weights)
         barrier(dist_info)  # no rank runs ahead of a checkpoint it may need to read
 
     def write(record: dict) -> None:
@@ -217,17 +226,19 @@ def fit(
     def evaluate() -> dict:
         t_eval = time.perf_counter()
         model.eval()
-        # Every rank evaluates the same weights on the same data (so early stopping agrees); rank 0 records it.
+        # Every rank evaluates the same weights on the same data (so early stopping agrees, and FSDP's gathers
+        # are matched on every rank); rank 0 records it.
         with torch.no_grad(), autocast:
             metrics = objective.evaluate(model)
-            text = objective.report(model) if main else None
+            text = objective.report(model)
         model.train()
         value = metrics[objective.metric]
         improved = state["best"] is None or better(value, state["best"])
         if improved:
             state["best"], state["evals_since_best"] = value, 0
+            weights = full_weights(model)
             if main:
-                save(out_dir / "best", None, None)
+                save(out_dir / "best", None, None, weights)
         else:
             state["evals_since_best"] += 1
         if main:
@@ -253,9 +264,8 @@ def fit(
             total_loss, chars = 0.0, 0
             for micro in range(cfg.grad_accum):
                 batch = [t.to(device, non_blocking=True) for t in shard(list(objective.batch(data_gen)), dist_info)]
-                # Under DDP, all-reduce gradients only once per optimizer step, after the last micro-batch.
-                skip_sync = dist_info.enabled and micro < cfg.grad_accum - 1
-                with run_model.no_sync() if skip_sync else nullcontext():
+                # Across ranks, reduce gradients only once per optimizer step, after the last micro-batch.
+                with gradient_sync(run_model, sync=micro == cfg.grad_accum - 1):
                     with autocast:
                         loss, n_chars = objective.loss(run_model, batch)
                     (loss / cfg.grad_accum).backward()

@@ -1,9 +1,11 @@
-"""Two CPU processes under torchrun (gloo) follow the loss curve of one process with the same global batch:
-pretrain.py, and finetune.py (word segmentation)."""
+"""Two CPU processes under torchrun (gloo), with DDP or FSDP, follow the loss curve of one process with the same
+global batch: pretrain.py, and finetune.py (word segmentation); FSDP and single-process checkpoints resume under
+either."""
 
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,15 +43,24 @@ def _same_curve(one: Path, two: Path, steps: int) -> tuple[dict, dict]:
     return json.loads((one / "results.json").read_text()), json.loads((two / "results.json").read_text())
 
 
-def test_two_gloo_ranks_match_one_process(tmp_path):
+def _one_process(script: str, args: list[str]) -> None:
+    subprocess.run([sys.executable, str(ROOT / script), *args], check=True, capture_output=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _pretrain_args(tmp_path: Path, steps: int) -> list[str]:
     corpus = tmp_path / "c.txt"
-    corpus.write_text("".join(f"{i}: 天下大势，分久必合，合久必分。All the world's a stage.\n" for i in range(200)))
-    common = ["--data", str(corpus), "--max-steps", "30", "--eval-interval", "15", "--n-layers", "2", "--n-heads", "2",
-              "--d-model", "32", "--block-size", "32", "--log-interval", "1", "--device", "cpu", "--dropout", "0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, str(ROOT / "pretrain.py"), *common, "--batch-size", "8", "--out", str(tmp_path / "one")],
-                   check=True, env=env, capture_output=True)
-    stdout = _two_ranks("pretrain.py", [*common, "--batch-size", "4", "--out", str(tmp_path / "two")])
+    if not corpus.exists():
+        corpus.write_text("".join(f"{i}: 天下大势，分久必合，合久必分。All the world's a stage.\n" for i in range(200)))
+    return ["--data", str(corpus), "--max-steps", str(steps), "--eval-interval", "15", "--n-layers", "2", "--n-heads",
+            "2", "--d-model", "32", "--block-size", "32", "--log-interval", "1", "--device", "cpu", "--dropout", "0"]
+
+
+@pytest.mark.parametrize("strategy", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
+def test_two_gloo_ranks_match_one_process(tmp_path, strategy):
+    common = _pretrain_args(tmp_path, 30)
+    _one_process("pretrain.py", [*common, "--batch-size", "8", "--out", str(tmp_path / "one")])
+    stdout = _two_ranks("pretrain.py", [*common, *strategy, "--batch-size", "4", "--out", str(tmp_path / "two")])
     assert "4 per rank x 2 ranks x 1 accumulation = 8" in stdout
 
     r1, r2 = _same_curve(tmp_path / "one", tmp_path / "two", 30)
@@ -57,6 +68,24 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     assert r2["world_size"] == 2 and r2["effective_batch"] == 8
     model, _, meta = load_checkpoint(tmp_path / "two")  # written by rank 0, loads in a plain single process
     assert meta["world_size"] == 2 and model.num_params() > 0
+
+
+def test_fsdp_and_single_process_checkpoints_resume_under_either(tmp_path):
+    # Both runs stop after 30 steps; each checkpoint (weights, optimizer moments, RNG states) is resumed for 10
+    # more steps by the other strategy and by one process. FSDP writes gathered tensors and reads them back into
+    # its shards, so all three continuations follow one curve.
+    _one_process("pretrain.py", [*_pretrain_args(tmp_path, 30), "--batch-size", "8", "--out", str(tmp_path / "one")])
+    _two_ranks("pretrain.py", [*_pretrain_args(tmp_path, 30), "--fsdp", "--batch-size", "4", "--out", str(tmp_path / "fsdp")])
+    runs = {"one_in_one": ("one", False), "one_in_fsdp": ("one", True), "fsdp_in_one": ("fsdp", False)}
+    for name, (source, fsdp) in runs.items():
+        shutil.copytree(tmp_path / source, tmp_path / name)
+        more = [*_pretrain_args(tmp_path, 40), "--resume", "--out", str(tmp_path / name)]
+        if fsdp:
+            _two_ranks("pretrain.py", [*more, "--fsdp", "--batch-size", "4"])
+        else:
+            _one_process("pretrain.py", [*more, "--batch-size", "8"])
+    _same_curve(tmp_path / "one_in_one", tmp_path / "one_in_fsdp", 40)
+    _same_curve(tmp_path / "one_in_one", tmp_path / "fsdp_in_one", 40)
 
 
 def _cws_file(path: Path, n: int, seed: int) -> str:
@@ -71,7 +100,8 @@ def _cws_file(path: Path, n: int, seed: int) -> str:
     return str(path)
 
 
-def test_finetune_two_gloo_ranks_match_one_process(tmp_path):
+@pytest.mark.parametrize("strategy", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
+def test_finetune_two_gloo_ranks_match_one_process(tmp_path, strategy):
     # The tagging loss is a character sum over (rows x mean piece length), so DDP's average over ranks is exactly
     # the one-process loss of the global batch.
     files = {split: _cws_file(tmp_path / f"{split}.txt", n, seed) for split, n, seed in
@@ -80,7 +110,7 @@ def test_finetune_two_gloo_ranks_match_one_process(tmp_path):
               "scratch", "--max-steps", "20", "--eval-interval", "10", "--n-layers", "2", "--n-heads", "2", "--d-model",
               "32", "--block-size", "16", "--log-interval", "1", "--device", "cpu", "--dropout", "0", "--head-dropout", "0"]
     assert finetune.main([*common, "--batch-size", "8", "--out", str(tmp_path / "one")]) == 0
-    stdout = _two_ranks("finetune.py", [*common, "--batch-size", "4", "--out", str(tmp_path / "two")])
+    stdout = _two_ranks("finetune.py", [*common, *strategy, "--batch-size", "4", "--out", str(tmp_path / "two")])
     assert stdout.count("effective batch: 4 per rank x 2 ranks x 1 accumulation = 8") == 1  # rank 0 alone prints
 
     r1, r2 = _same_curve(tmp_path / "one", tmp_path / "two", 20)

@@ -118,7 +118,7 @@ class Job:
     heads: dict[str, nn.Module]  # modules an adapter stores whole
     head_params: tuple[str, ...]  # body parameters that are the head ("freeze" trains them)
     lr_scale: dict[str, float] | None  # for fit: the head learns faster
-    save_full: Callable[..., None]  # (path, extra, trainer_state, trainer_tensors): a complete checkpoint
+    save_full: Callable[..., None]  # (path, extra, trainer_state, trainer_tensors, weights): a complete checkpoint
     load_best: Callable[[Path, torch.device], nn.Module]  # OUT/best (checkpoint or adapter) -> model
     score: Callable[[nn.Module], dict]  # model -> {"test": metrics, ...}, recorded as <name>_before/_after
     results: dict = field(default_factory=dict)  # more results.json entries
@@ -213,9 +213,9 @@ def task_job(args: argparse.Namespace, cfg: TaskConfig, train_cfg: TrainConfig, 
     if base_dir is not None:
         load_weights(model.body, base_dir)
 
-    def save_full(path, extra, trainer_state, trainer_tensors):
+    def save_full(path, extra, trainer_state, trainer_tensors, weights):
         save_task_checkpoint(path, model, vocab, task, extra=extra, trainer_state=trainer_state,
-                             trainer_tensors=trainer_tensors)
+                             trainer_tensors=trainer_tensors, weights=weights)
 
     @torch.no_grad()
     def score(m):
@@ -272,10 +272,10 @@ def lm_job(args: argparse.Namespace, cfg: LMConfig, train_cfg: TrainConfig, eval
     load_weights(model, base_dir)
     scored = [name for name in ("dev", "test", "original") if name in tokens]
 
-    def save_full(path, extra, trainer_state, trainer_tensors):
+    def save_full(path, extra, trainer_state, trainer_tensors, weights):
         save_checkpoint(path, model, model_cfg, vocab, extra={"objective": "clm", "finetuned_from": str(base_dir),
                                                                 **extra},
-                        trainer_state=trainer_state, trainer_tensors=trainer_tensors)
+                        trainer_state=trainer_state, trainer_tensors=trainer_tensors, weights=weights)
 
     @torch.no_grad()
     def score(m):

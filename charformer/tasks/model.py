@@ -69,10 +69,11 @@ def freeze(model: Tagger | Classifier, spec: str) -> None:
 
 def save_task_checkpoint(path: str | Path, model: Tagger | Classifier, vocab: CharVocab, task: dict, *,
                          extra: dict | None = None, trainer_state: dict | None = None,
-                         trainer_tensors: dict | None = None) -> Path:
-    """Write body + head and the task description (see the module docstring); `extra`: more config.json fields."""
+                         trainer_tensors: dict | None = None, weights: dict | None = None) -> Path:
+    """Write body + head and the task description (see the module docstring); `extra`: more config.json fields;
+    `weights`: see `charformer.checkpoint.save_checkpoint`."""
     return save_checkpoint(path, model, model.body.cfg, vocab, extra={"task": task, **(extra or {})},
-                           trainer_state=trainer_state, trainer_tensors=trainer_tensors)
+                           trainer_state=trainer_state, trainer_tensors=trainer_tensors, weights=weights)
 
 
 def _task_of(task, path) -> dict:

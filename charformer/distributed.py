@@ -5,13 +5,13 @@ work unchanged with one process: nothing here does anything unless ``WORLD_SIZE`
 
 * DDP (the default): every rank holds a full copy of the model; after each backward pass DDP averages the
   gradients across ranks (an all-reduce), so all copies take the same optimizer step.
-* FSDP (``--fsdp``; ZeRO stage 3, Rajbhandari et al. 2020, as PyTorch's ``fully_shard`` implements it): every rank keeps only a 1/N slice of each
-  parameter, gradient and optimizer moment, so the model's training state, not the whole of it, must fit one
-  device. Before a transformer block runs, its parameters are all-gathered; after its backward pass the
-  gradients are reduce-scattered, each rank keeping the slice it owns. The arithmetic is the same as DDP's: the
-  loss curve is too. Checkpoints are gathered to full tensors and written by rank 0 in the same format as any
-  other (`full_weights`, `full_tensor`), so they load in a single process and a run may resume under either
-  strategy or none.
+* FSDP (``--fsdp``; ZeRO stage 3, Rajbhandari et al. 2020, as PyTorch's ``fully_shard`` implements it): every
+  rank keeps only a 1/N slice of each parameter, gradient and optimizer moment, so 1/N of the model's training
+  state, not the whole of it, must fit one device. Before a transformer block runs, its parameters are
+  all-gathered; after its backward pass the gradients are reduce-scattered, each rank keeping the slice it owns.
+  The arithmetic is the same as DDP's, and so is the loss curve. Checkpoints are gathered to full tensors and
+  written by rank 0 in the same format as any other (`full_weights`, `full_tensor`), so they load in a single
+  process and a run may resume under either strategy or none.
 
 How the data is split: every rank draws the *same* global batch from the same seeded generator and keeps its own
 contiguous slice of rows. Averaging the gradients of equal slices gives exactly the gradient of the global batch,

@@ -171,14 +171,15 @@ def fit(
 ) -> dict:
     """Train `model` on `objective` for `cfg.max_steps` optimizer steps (or until early stopping).
 
-    Evaluates every `eval_interval` steps and at the end (evaluation time counts in wall_seconds); writes ``out_dir/last`` at each evaluation and
-    ``out_dir/best`` when the metric improves, both through `save`. With `resume`, continues from
-    ``out_dir/last`` exactly. Under torchrun (`dist_info` from `charformer.distributed.init_distributed`), the
-    objective must draw *global* batches (per-rank batch x world size): each rank trains on its slice, DDP
-    (or FSDP, with `cfg.fsdp`) averages gradients, and only rank 0 writes logs and checkpoints. `after_step(step)` is called after each
-    optimizer step that was taken (not skipped), with its 0-based index, while gradients are still present
-    (AdaLoRA's importance scores need them). Returns a summary: steps, chars_seen, train_seconds (steps only), wall_seconds
-    (evaluations included), best metric, last evaluation, skipped (non-finite) steps, whether it stopped early.
+    Evaluates every `eval_interval` steps and at the end (evaluation time counts in wall_seconds); writes
+    ``out_dir/last`` at each evaluation and ``out_dir/best`` when the metric improves, both through `save`. With
+    `resume`, continues from ``out_dir/last`` exactly. Under torchrun (`dist_info` from
+    `charformer.distributed.init_distributed`), the objective must draw *global* batches (per-rank batch x world
+    size): each rank trains on its slice, DDP (or FSDP, with `cfg.fsdp`) averages gradients, and only rank 0
+    writes logs and checkpoints. `after_step(step)` is called after each optimizer step that was taken (not
+    skipped), with its 0-based index, while gradients are still present (AdaLoRA's importance scores need them).
+    Returns a summary: steps, chars_seen, train_seconds (steps only), wall_seconds (evaluations included), best
+    metric, last evaluation, skipped (non-finite) steps, whether it stopped early.
     """
     out_dir = Path(out_dir)
     device = next(model.parameters()).device

@@ -68,12 +68,27 @@ def _sdpa(q, k, v, *, causal, key_lengths, window):
     if key_lengths is None and window is None and (not causal or tq == tk):
         # The common training case: let PyTorch use its fused kernels with no mask tensor at all.
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    if key_lengths is not None and window is None and not causal:
+        return _sdpa_padded(q, k, v, key_lengths)
     mask = visible_keys(tq, tk, causal=causal, key_lengths=key_lengths, window=window, device=q.device)
     has_key = mask.any(dim=-1, keepdim=True)  # (B|1, 1, Tq, 1)
     # A row with no visible key would be 0/0 = NaN inside SDPA, and NaN poisons the backward pass even where the
     # output is discarded; so such rows attend to everything and are then zeroed.
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~has_key)
     return out.masked_fill(~has_key, 0.0)
+
+
+def _sdpa_padded(q, k, v, key_lengths):
+    """Bidirectional attention over right-padded sequences (an encoder's batches): a ``(B, 1, 1, Tk)`` key mask,
+    and the query rows past each length zeroed afterwards. The same result as the full ``(B, 1, Tq, Tk)`` mask of
+    `visible_keys`, built in O(B T) instead of O(B T^2) per layer."""
+    tq, tk = q.shape[-2], k.shape[-2]
+    pos = torch.arange(tk, device=q.device)
+    lengths = key_lengths.to(q.device)[:, None]  # (B, 1)
+    key_ok = (pos < lengths) | (lengths == 0)  # an empty sequence attends to its padding (no 0/0), zeroed below
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_ok[:, None, None, :])
+    query_ok = pos[tk - tq :] < lengths  # (B, Tq): queries are aligned to the end of the keys
+    return out.masked_fill(~query_ok[:, None, :, None], 0.0)
 
 
 def _fused_softmax_attention(q, k, v, *, causal, key_lengths, window):

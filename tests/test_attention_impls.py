@@ -4,7 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from charformer.attention import attention
 from charformer.generate import generate
+from kernels.reference import attention_reference
 from kernels.tolerances import TOLERANCES
 from tests.helpers import tiny_model
 
@@ -45,3 +47,19 @@ def test_cached_generation_matches_sdpa(impl, device):
     assert torch.equal(ids, ids_ref)
     for a, b in zip(logits, logits_ref):
         torch.testing.assert_close(a, b, **TOLERANCES[torch.float32])
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("tq", [8, 5])  # 5: queries aligned to the end of 8 keys (a prefix or a cache before them)
+def test_sdpa_equals_the_reference_on_padded_batches(causal, tq):
+    # Every row, padding included: real rows attend only to real keys, rows past a length (and a length-0
+    # sequence) are zero, as kernels.reference specifies; the bidirectional case takes a cheaper mask path.
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(4, 2, tq, 16, generator=g)
+    k, v = torch.randn(2, 4, 2, 8, 16, generator=g)
+    lengths = torch.tensor([8, 6, 1, 0])
+    out = attention(q, k, v, causal=causal, key_lengths=lengths, impl="sdpa")
+    ref = attention_reference(q, k, v, causal=causal, key_lengths=lengths)[0]
+    torch.testing.assert_close(out, ref, **TOLERANCES[torch.float32])
+    real = (torch.arange(tq) + 8 - tq)[None, :] < lengths[:, None]  # (B, tq): query position < length
+    assert torch.equal(out.abs().amax(dim=(1, 3)) > 0, real)

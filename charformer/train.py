@@ -189,7 +189,7 @@ def fit(
              "evals_since_best": 0}
     if resume:
         load_weights(model, out_dir / "last")  # before FSDP shards the parameters
-    run_model = wrap_model(model, dist_info, fsdp=cfg.fsdp)
+    wrapped = wrap_model(model, dist_info, fsdp=cfg.fsdp)
     opt = make_optimizer(model, cfg, lr_scale)
     if resume:
         saved, tensors = load_trainer_state(out_dir / "last")
@@ -201,8 +201,7 @@ def fit(
         state = saved["loop"]
     main = dist_info.is_main
     log = MetricsLog(out_dir / "metrics.jsonl", resume_step=state["step"] if resume else None) if main else None
-    if cfg.compile:
-        run_model = torch.compile(run_model)
+    run_model = torch.compile(wrapped) if cfg.compile else wrapped
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     better = (lambda a, b: a > b) if objective.higher_is_better else (lambda a, b: a < b)
 
@@ -266,7 +265,7 @@ def fit(
             for micro in range(cfg.grad_accum):
                 batch = [t.to(device, non_blocking=True) for t in shard(list(objective.batch(data_gen)), dist_info)]
                 # Across ranks, reduce gradients only once per optimizer step, after the last micro-batch.
-                with gradient_sync(run_model, sync=micro == cfg.grad_accum - 1):
+                with gradient_sync(wrapped, sync=micro == cfg.grad_accum - 1):
                     with autocast:
                         loss, n_chars = objective.loss(run_model, batch)
                     (loss / cfg.grad_accum).backward()

@@ -58,10 +58,13 @@ def _pretrain_args(tmp_path: Path, steps: int) -> list[str]:
 
 @pytest.mark.parametrize("strategy", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
 def test_two_gloo_ranks_match_one_process(tmp_path, strategy):
+    # Two micro-batches per step: gradients are reduced across ranks after the second only (no_sync / FSDP's
+    # requires_gradient_sync), and the sum is still the gradient of the global batch.
     common = _pretrain_args(tmp_path, 30)
     _one_process("pretrain.py", [*common, "--batch-size", "8", "--out", str(tmp_path / "one")])
-    stdout = _two_ranks("pretrain.py", [*common, *strategy, "--batch-size", "4", "--out", str(tmp_path / "two")])
-    assert "4 per rank x 2 ranks x 1 accumulation = 8" in stdout
+    stdout = _two_ranks("pretrain.py", [*common, *strategy, "--batch-size", "2", "--grad-accum", "2", "--out",
+                                        str(tmp_path / "two")])
+    assert "2 per rank x 2 ranks x 2 accumulation = 8" in stdout
 
     r1, r2 = _same_curve(tmp_path / "one", tmp_path / "two", 30)
     assert r2["val_loss"] == pytest.approx(r1["val_loss"], abs=TOLERANCE)

@@ -22,8 +22,11 @@ shared machine falls on all alike.
 Peak memory: the peak resident set size (VmHWM, /proc/self/status) of a fresh process that imports torch, loads
 and converts the model and runs the workload once at the largest batch size, at the first --threads value;
 `rss_after_load_mb` is its resident size just before the workload; `model_mb` is the size of the model's
-state_dict as torch.save writes it (int8: the packed int8 weights and their scales). With --test, the word F1 of each variant on that file (SIGHAN
-scoring, `cws_scores`) and the points lost against fp32 (the bar for int8 on CTB6: at most 0.3).
+state_dict as torch.save writes it (int8: the packed int8 weights and their scales).
+
+Accuracy: with --test, the word F1 of each variant on that file (SIGHAN scoring, `cws_scores`) and the points
+lost against fp32 (the bar for int8 on CTB6: at most 0.3); with --bpc-ckpt and --bpc-data, the bits/char of
+each variant of that language model on its validation text, and what int8 and bf16 add.
 
 Output: a table on stdout and JSON (--out; default bench/results/inference_cpu.json, _quick with --quick).
 """
@@ -51,9 +54,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # finetune.py is a script at the repository root
 
 from charformer.checkpoint import load_checkpoint, read_meta  # noqa: E402
-from charformer.data import read_text, split_lines  # noqa: E402
+from charformer.data import encode_array, read_text, split_corpus, split_lines  # noqa: E402
 from charformer.errors import CharformerError, run_cli  # noqa: E402
 from charformer.generate import generate  # noqa: E402
+from charformer.objectives import lm_scores  # noqa: E402
 from charformer.model import CharTransformer, ModelConfig  # noqa: E402
 from charformer.quantize import int8_engine, quantize_int8  # noqa: E402
 from charformer.tasks.metrics import cws_scores  # noqa: E402
@@ -80,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", help="raw text to segment for the throughput figures, one sentence per line "
                    "(default: the sentences of --test)")
     p.add_argument("--gen-ckpt", help="causal checkpoint for the generation figures (default: random weights)")
+    p.add_argument("--bpc-ckpt", help="causal checkpoint whose bits/char each variant reports (e.g. "
+                   "out/shakespeare_char_cpu), on the held-out end of --bpc-data")
+    p.add_argument("--bpc-data", help="the text --bpc-ckpt was pretrained on (e.g. data/shakespeare.txt), split as "
+                   "pretrain.py split it")
     p.add_argument("--threads", default="1,2", help="comma-separated torch thread counts (default 1,2)")
     p.add_argument("--batch-sizes", default="1,8,32,128", help="windows (segmentation) or sequences (generation) "
                    "per forward pass, comma-separated (default 1,8,32,128)")
@@ -203,6 +211,17 @@ def word_f1(ckpt: str, variant: str, test: str) -> float:
                                                       overlap=task["overlap"]))()
     return cws_scores([spans_to_words(s.text, s.spans) for s in sentences],
                       [spans_to_words(s.text, p) for s, p in zip(sentences, spans)], ())["f1"]
+
+
+def lm_bpc(ckpt: str, variant: str, data: str) -> float:
+    """Bits/char of the causal model `ckpt` on the held-out end of `data` (its config's val_fraction, as
+    pretrain.py splits it without --val), every character scored once."""
+    model = load_generator(ckpt, "", variant)
+    meta, cfg, vocab = read_meta(ckpt)
+    _, val_text = split_corpus(read_text(data), meta["data"]["val_fraction"])
+    tokens = encode_array(vocab, val_text)
+    with torch.inference_mode():
+        return in_variant(variant, lambda: lm_scores(model, tokens, block_size=cfg.block_size, batch_size=32))()["bpc"]
 
 
 # ------------------------------------------------------------------------------------------------ --quick
@@ -330,6 +349,13 @@ def run_all(args, threads: list[int], batches: list[int], lines: list[str]) -> d
                                **{f"{v}_f1_points_lost": round(100 * (f1["fp32"] - f1[v]), 3) for v in VARIANTS[1:]}}
         print(f"word F1 on {args.test}: " + ", ".join(f"{v} {f:.4f}" for v, f in f1.items()) + "; points lost: "
               + ", ".join(f"{v} {results['accuracy'][f'{v}_f1_points_lost']:+.2f}" for v in VARIANTS[1:]))
+    if args.bpc_ckpt and args.bpc_data:
+        torch.set_num_threads(threads[0])
+        bpc = {v: lm_bpc(args.bpc_ckpt, v, args.bpc_data) for v in VARIANTS}
+        results["lm_accuracy"] = {"ckpt": args.bpc_ckpt, "data": args.bpc_data,
+                                  **{f"{v}_val_bpc": round(b, 5) for v, b in bpc.items()},
+                                  **{f"{v}_bpc_added": round(bpc[v] - bpc["fp32"], 5) for v in VARIANTS[1:]}}
+        print(f"val bits/char of {args.bpc_ckpt}: " + ", ".join(f"{v} {b:.4f}" for v, b in bpc.items()))
     return results
 
 

@@ -226,6 +226,7 @@ def test_method_errors(data, mlm_base, tmp_path):
         (["--method", "prefix", "--freeze", "body"], "--freeze body means --method freeze"),
         (["--method", "lora", "--lora-targets", "gate"], "unknown target"),
         (["--method", "adalora", "--adalora-target-rank", "20"], "adalora: target_rank"),
+        (["--method", "lora", "--fsdp"], "--fsdp is for --method full"),
     ]
     for extra, message in cases:
         with pytest.raises(CharformerError, match=message):

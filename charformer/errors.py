@@ -8,6 +8,7 @@ traceback (`run_cli`).
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import Callable
@@ -33,6 +34,10 @@ def run_cli(main: Callable[[], int | None]) -> None:
     """Run a CLI `main`, turning `CharformerError` into ``error: ...`` on stderr and exit status 2.
 
     SIGTERM is treated like Ctrl-C (KeyboardInterrupt), so a training loop killed politely saves a checkpoint.
+    Under torchrun (``WORLD_SIZE`` > 1) a finished process ends without the interpreter's teardown: gloo's worker
+    threads can still hold tensors of the last collectives, and freeing them while the interpreter shuts down
+    now and then aborts the process ("terminate called without an active exception", SIGABRT; seen once in a
+    2-rank FSDP test), which torchrun reports as a failed run although every file was written and closed.
     """
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -40,4 +45,8 @@ def run_cli(main: Callable[[], int | None]) -> None:
     except CharformerError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status or 0)
     sys.exit(status or 0)

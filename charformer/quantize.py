@@ -20,9 +20,10 @@ this 2-core Xeon (profiled at batch 64 x 45 characters, one thread; attention ~1
 elementwise), so even infinitely fast int8 layers would give under 3x. The weights are packed for oneDNN
 (`int8_engine`), which uses the CPU's AMX / VNNI int8 units: in an interleaved A/B on the CTB6 segmenter (one
 thread, batches of 8 and 64 sentences of 45 characters) the forward pass ran 1.45x faster than fp32 with oneDNN
-and 1.22-1.29x with PyTorch's default x86 engine (fbgemm). End to end (windows, Viterbi, words; `bench/inference.py`)
-segmentation gains 1.24-1.36x; bf16 autocast (AMX) 1.3-1.65x. Memory: the weights shrink about 2x, but a
-process's peak is dominated by torch itself and the fp32 activations.
+and 1.22-1.29x with PyTorch's default x86 engine (fbgemm). End to end (windows, Viterbi, words; `bench/inference.py`,
+results in the README and bench/results/inference_cpu.json) segmentation gains 1.32-1.41x at batches of 8 and 64;
+bf16 autocast (AMX) 1.34-1.92x. Memory: the weights shrink about 2x, but a process's peak is dominated by torch
+itself and the fp32 activations.
 
 Why PyTorch's implementation rather than our own: a plain int8 linear written here (per-token activation
 scales, `torch._int_mm`) was slower than fp32 for the MLP shapes (4096 x 192 @ 192 x 768: about 2x slower),

@@ -13,11 +13,13 @@ For each thread count (--threads) and batch size (--batch-sizes) it measures
   model is --gen-ckpt (a causal pretrain.py checkpoint) or else a randomly initialised causal model with the
   segmenter's shape and vocabulary: the speed depends on the shapes, not on the weights.
 
-Variants: fp32; int8 (`quantize_int8`: int8 weights and dynamically quantized activations in the transformer's
-linear layers); bf16 (the fp32 model run under ``torch.autocast("cpu", torch.bfloat16)``, which uses the CPU's
-bf16 matrix units where it has them: AMX or AVX512-BF16). Each figure is the median of --repeats runs after a
-warm-up run, the variants alternating (fp32, int8, bf16, fp32, ...) so that load from other processes on a
-shared machine falls on all alike.
+Variants, each prepared as the prediction tools prepare a model (`prepare_for_inference`: q/k/v fused into one
+layer) in a process whose malloc is set as theirs is (`charformer.heap`; --default-heap leaves glibc's
+defaults, to see what that changes): fp32; int8 (`quantize_int8`: int8 weights and dynamically quantized
+activations in the transformer's linear layers); bf16 (the fp32 model run under ``torch.autocast("cpu",
+torch.bfloat16)``, which uses the CPU's bf16 matrix units where it has them: AMX or AVX512-BF16). Each figure is
+the median of --repeats runs after a warm-up run, the variants alternating (fp32, int8, bf16, fp32, ...) so that
+load from other processes on a shared machine falls on all alike.
 
 Peak memory: the peak resident set size (VmHWM, /proc/self/status) of a fresh process that imports torch, loads
 and converts the model and runs the workload once at the largest batch size, at the first --threads value;
@@ -59,7 +61,8 @@ from charformer.errors import CharformerError, run_cli  # noqa: E402
 from charformer.generate import generate  # noqa: E402
 from charformer.objectives import lm_scores  # noqa: E402
 from charformer.model import CharTransformer, ModelConfig  # noqa: E402
-from charformer.quantize import int8_engine, quantize_int8  # noqa: E402
+from charformer.heap import retain_freed_memory  # noqa: E402
+from charformer.quantize import int8_engine, prepare_for_inference  # noqa: E402
 from charformer.tasks.metrics import cws_scores  # noqa: E402
 from charformer.tasks.model import load_task_checkpoint  # noqa: E402
 from charformer.tasks.objectives import tag_texts  # noqa: E402
@@ -95,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-lines", type=int, default=500, help="segment at most this many input lines per run "
                    "(default 500; F1 always uses the whole --test file)")
     p.add_argument("--new-chars", type=int, default=128, help="characters generated per sequence")
+    p.add_argument("--default-heap", action="store_true", help="keep glibc's default malloc settings instead of "
+                   "those the tools set (charformer.heap), to measure what they change")
     p.add_argument("--out", help="JSON output file")
     return p
 
@@ -113,7 +118,7 @@ def in_variant(variant: str, run: Callable) -> Callable:
 
 def load_segmenter(ckpt: str, variant: str):
     model, vocab, task = load_task_checkpoint(ckpt)
-    return (quantize_int8(model) if variant == "int8" else model), vocab, task
+    return prepare_for_inference(model, int8=variant == "int8"), vocab, task
 
 
 def load_generator(gen_ckpt: str | None, seg_ckpt: str, variant: str) -> CharTransformer:
@@ -122,8 +127,8 @@ def load_generator(gen_ckpt: str | None, seg_ckpt: str, variant: str) -> CharTra
     else:
         cfg = read_meta(seg_ckpt)[1].to_dict()
         torch.manual_seed(0)
-        model = CharTransformer(ModelConfig.from_dict({**cfg, "causal": True, "dropout": 0.0})).eval()
-    return quantize_int8(model) if variant == "int8" else model
+        model = CharTransformer(ModelConfig.from_dict({**cfg, "causal": True, "dropout": 0.0}))
+    return prepare_for_inference(model, int8=variant == "int8")
 
 
 # ---------------------------------------------------------------------------------------------- workloads
@@ -180,6 +185,8 @@ def _status_mb(field: str) -> float:
 def memory_probe(spec: dict) -> dict:
     """Run in a fresh process: load the model of `spec`, run its workload once, report resident memory (MiB)."""
     torch.set_num_threads(spec["threads"])
+    if not spec["default_heap"]:
+        retain_freed_memory()
     if spec["workload"] == "segmentation":
         model, vocab, task = load_segmenter(spec["ckpt"], spec["variant"])
         run = segment_lines(model, vocab, task, spec["lines"], spec["batch"])
@@ -259,6 +266,8 @@ def cpu_name() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.default_heap:
+        retain_freed_memory()  # as the prediction tools do
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
@@ -296,7 +305,7 @@ def run_all(args, threads: list[int], batches: list[int], lines: list[str]) -> d
         "setup": {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
                   "quantized_engine": int8_engine(), "ckpt": args.ckpt, "model": body.to_dict(),
                   "params": seg["fp32"][0].body.num_params(), "input_lines": len(lines), "input_chars": n_chars,
-                  "repeats": args.repeats, "quick": args.quick},
+                  "repeats": args.repeats, "quick": args.quick, "default_heap": args.default_heap},
         "segmentation": [], "generation": [],
     }
     print(f"{cpu_name()}, torch {torch.__version__}; model d_model {body.d_model}, {body.n_layers} layers, block "
@@ -330,8 +339,8 @@ def run_all(args, threads: list[int], batches: list[int], lines: list[str]) -> d
         f"{v} {best[v]['chars_per_s']:,} chars/s (threads {best[v]['threads']}, batch {best[v]['batch_size']})"
         for v in VARIANTS) + "; " + ", ".join(f"{v} {best[f'{v}_speedup']:.2f}x" for v in VARIANTS[1:]))
 
-    common = {"ckpt": args.ckpt, "gen_ckpt": args.gen_ckpt, "threads": threads[0], "batch": max(batches),
-              "new_chars": args.new_chars, "lines": lines}
+    common = {"ckpt": args.ckpt, "gen_ckpt": args.gen_ckpt, "default_heap": args.default_heap, "threads": threads[0],
+              "batch": max(batches), "new_chars": args.new_chars, "lines": lines}
     workloads = QUICK_MEMORY if args.quick else ("segmentation", "generation")
     specs = [{**common, "workload": w, "variant": v} for w in workloads for v in VARIANTS]
     results["memory"] = {}

@@ -132,7 +132,8 @@ class KVCache:
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with RoPE. Separate q/k/v/o projections so each can be adapted (LoRA)."""
+    """Multi-head self-attention with RoPE. Separate q/k/v/o projections so each can be adapted (LoRA); for
+    inference `fuse_qkv` stacks the first three into one ``(C, 3C)`` layer, `qkv_proj`."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -140,6 +141,7 @@ class SelfAttention(nn.Module):
         self.q_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.k_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.v_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.qkv_proj: nn.Module | None = None
         self.o_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.resid_dropout = nn.Dropout(cfg.dropout)
         # Optional learned keys/values put in front of this layer's k/v (prefix tuning, charformer.peft.prefix):
@@ -149,7 +151,10 @@ class SelfAttention(nn.Module):
     def forward(self, x, rotations, *, lengths=None, cache: KVCache | None = None, layer: int = 0):
         B, T, C = x.shape
         H, D = self.cfg.n_heads, self.cfg.head_dim
-        q, k, v = (proj(x).view(B, T, H, D).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        if self.qkv_proj is not None:
+            q, k, v = self.qkv_proj(x).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)  # each (B, H, T, D)
+        else:
+            q, k, v = (proj(x).view(B, T, H, D).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj))
         q, k = apply_rope(q, rotations), apply_rope(k, rotations)  # (B, H, T, D)
         if cache is not None:
             k, v = cache.append(layer, k, v)  # (B, H, cache.length + T, D)
@@ -159,6 +164,23 @@ class SelfAttention(nn.Module):
         y = attention(q, k, v, causal=self.cfg.causal, key_lengths=lengths, window=self.cfg.window, impl=self.cfg.attn_impl)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.o_proj(y))
+
+
+    def fuse_qkv(self) -> bool:
+        """Replace q/k/v_proj by one ``(C, 3C)`` layer computing the same products (for inference: one matmul
+        instead of three, and under int8 one quantization of x instead of three; `charformer.quantize`). Layers
+        wrapped by a parameter-efficient method are left as they are. Returns whether it fused."""
+        if self.qkv_proj is not None:
+            return False
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        if any(type(p) is not nn.Linear for p in projs):
+            return False
+        weight = torch.cat([p.weight.detach() for p in projs])  # (3C, C): output rows q, then k, then v
+        self.qkv_proj = nn.Linear(self.cfg.d_model, 3 * self.cfg.d_model, bias=False, device=weight.device,
+                                  dtype=weight.dtype)
+        self.qkv_proj.weight = nn.Parameter(weight, requires_grad=False)
+        del self.q_proj, self.k_proj, self.v_proj
+        return True
 
 
 class MLP(nn.Module):

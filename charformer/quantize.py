@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 
 from .errors import CharformerError
-from .model import CharTransformer
+from .model import CharTransformer, SelfAttention
 from .train import pick_device
 
 
@@ -86,6 +86,25 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         finally:
             engines.engine = previous
     return model
+
+
+def fuse_for_inference(model: nn.Module) -> nn.Module:
+    """Stack the q/k/v projections of every attention layer of `model` into one (`SelfAttention.fuse_qkv`), in
+    place; returns it. The same products, one matmul instead of three: the prediction tools do it for every
+    precision, before `quantize_int8` for int8, where it matters most (on this CPU an int8 layer at a batch of 8
+    sentences costs about the same for 3C outputs as for C: its time is the fixed cost of quantizing the input
+    and calling oneDNN). A model fused this way is for inference: it no longer has q/k/v_proj to adapt or train."""
+    for module in model.modules():
+        if isinstance(module, SelfAttention):
+            module.fuse_qkv()
+    return model
+
+
+def prepare_for_inference(model: nn.Module, *, int8: bool) -> nn.Module:
+    """What every prediction tool does to a loaded model before use: eval mode, `fuse_for_inference`, and with
+    `int8` `quantize_int8`. Returns the model."""
+    fuse_for_inference(model.eval())
+    return quantize_int8(model) if int8 else model
 
 
 def int8_engine() -> str:

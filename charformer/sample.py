@@ -18,10 +18,11 @@ import sys
 import torch
 
 from .errors import CharformerError, excerpt, run_cli
+from .heap import retain_freed_memory
 from .objectives import sample_text
 from .peft import load_adapted_checkpoint
 from .tasks.inference import write
-from .quantize import inference_device, quantize_int8
+from .quantize import inference_device, prepare_for_inference
 from .vocab import EOS_ID
 
 
@@ -47,11 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     if bad is not None:
         raise CharformerError(f"--prompt: not valid UTF-8 (byte 0x{ord(args.prompt[bad]) - 0xdc00:02x} at "
                               f"character {bad})")
+    retain_freed_memory()
     model, vocab, _ = load_adapted_checkpoint(args.ckpt, inference_device(args.device, args.int8), base=args.base)
     if not model.cfg.causal:
         raise CharformerError(f"{args.ckpt}: a bidirectional (masked-LM) model cannot generate text")
-    if args.int8:
-        quantize_int8(model)
+    prepare_for_inference(model, int8=args.int8)
     unknown = sorted({c for c in vocab.normalize(args.prompt) if c not in vocab})
     if unknown:
         print(f"warning: prompt characters not in the vocabulary, read as [UNK]: {excerpt(''.join(unknown))}",

@@ -1,5 +1,6 @@
-"""int8 inference (charformer.quantize): which layers are converted, how close the outputs stay to fp32, and the
---int8 option of the prediction tools (segmentation still round-trips)."""
+"""Inference preparation (charformer.quantize): q/k/v fusion computes what the separate projections do; int8:
+which layers are converted, how close the outputs stay to fp32, and the --int8 option of the prediction tools
+(segmentation still round-trips)."""
 
 import contextlib
 import io
@@ -13,7 +14,10 @@ import torch.nn as nn
 from charformer import sample, segment
 from charformer.checkpoint import save_checkpoint
 from charformer.errors import CharformerError
-from charformer.quantize import inference_device, int8_module_names, quantize_int8
+from charformer.generate import generate
+from charformer.peft.lora import add_lora
+from charformer.quantize import (fuse_for_inference, inference_device, int8_module_names, prepare_for_inference,
+                                 quantize_int8)
 from charformer.tasks.model import load_task_checkpoint
 from charformer.vocab import CharVocab
 from tests.helpers import tiny_model
@@ -28,6 +32,45 @@ LOGPROB_TOLERANCE = 0.05
 
 def _is_int8(module: nn.Module) -> bool:
     return isinstance(module, torch.ao.nn.quantized.dynamic.Linear)
+
+
+def test_fused_qkv_gives_the_same_encoder_outputs(tiny_segmenter):
+    separate = load_task_checkpoint(tiny_segmenter)[0]
+    fused = fuse_for_inference(load_task_checkpoint(tiny_segmenter)[0])
+    attn = fused.body.blocks[0].attn
+    assert attn.qkv_proj.weight.shape == (96, 32) and not hasattr(attn, "q_proj")
+    assert not attn.fuse_qkv()  # a second call changes nothing
+    torch.manual_seed(0)
+    ids = torch.randint(separate.body.cfg.vocab_size, (4, 16))
+    lengths = torch.tensor([16, 9, 1, 0])
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(ids, lengths), separate(ids, lengths), rtol=1e-5, atol=1e-5)
+
+
+def test_fused_qkv_generates_the_same_text_with_the_kv_cache():
+    separate, fused = tiny_model(), fuse_for_inference(tiny_model())
+    prompt = torch.randint(50, (2, 5), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(prompt), separate(prompt), rtol=1e-5, atol=1e-5)
+        assert torch.equal(generate(fused, prompt, 20, temperature=0), generate(separate, prompt, 20, temperature=0))
+
+
+def test_adapted_projections_are_not_fused():
+    model = tiny_model()
+    add_lora(model, r=2, targets="query")  # q_proj wrapped, k/v plain: fusing would drop the update
+    fuse_for_inference(model)
+    assert all(block.attn.qkv_proj is None and hasattr(block.attn, "k_proj") for block in model.blocks)
+
+
+def test_prepare_for_inference_int8_quantizes_the_fused_layer(tiny_segmenter):
+    fp32 = prepare_for_inference(load_task_checkpoint(tiny_segmenter)[0], int8=False)
+    int8 = prepare_for_inference(load_task_checkpoint(tiny_segmenter)[0], int8=True)
+    assert type(fp32.body.blocks[0].attn.qkv_proj) is nn.Linear and _is_int8(int8.body.blocks[0].attn.qkv_proj)
+    ids, lengths = torch.randint(fp32.body.cfg.vocab_size, (3, 16)), torch.tensor([16, 7, 2])
+    with torch.inference_mode():
+        a, b = fp32(ids, lengths).log_softmax(-1), int8(ids, lengths).log_softmax(-1)
+    real = torch.arange(16)[None, :] < lengths[:, None]
+    assert (a - b)[real].abs().max() <= LOGPROB_TOLERANCE
 
 
 def test_block_linears_become_int8_and_heads_stay_fp32(tiny_segmenter):

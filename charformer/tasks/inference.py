@@ -19,7 +19,8 @@ import sys
 
 from ..data import decode_utf8, read_text, split_lines
 from ..errors import CharformerError
-from ..quantize import inference_device, quantize_int8
+from ..heap import retain_freed_memory
+from ..quantize import inference_device, prepare_for_inference
 from .model import load_task_checkpoint
 
 TOOLS = {"cws": "charformer.segment", "ner": "charformer.tag", "classify": "charformer.classify"}
@@ -41,15 +42,18 @@ def base_parser(doc: str) -> argparse.ArgumentParser:
 
 
 def load_for(args: argparse.Namespace, task: str):
-    """The task model of ``args.ckpt`` on ``args.device`` with its vocabulary and task description. Raises
-    CharformerError if the checkpoint is for another task (naming the tool to use)."""
+    """The task model of ``args.ckpt`` on ``args.device``, ready for inference (`prepare_for_inference`), with
+    its vocabulary and task description; also sets this process's malloc for inference
+    (`charformer.heap.retain_freed_memory`). Raises CharformerError if the checkpoint is for another task
+    (naming the tool to use)."""
     device = inference_device(args.device, args.int8)
+    retain_freed_memory()
     model, vocab, meta = load_task_checkpoint(args.ckpt, device=device, base=args.base)
     if meta["task"] != task:
         raise CharformerError(f"{args.ckpt}: a {meta['task']} model; use python -m {TOOLS[meta['task']]}")
     if args.batch_size < 1:
         raise CharformerError(f"--batch-size must be >= 1, got {args.batch_size}")
-    return quantize_int8(model) if args.int8 else model, vocab, meta
+    return prepare_for_inference(model, int8=args.int8), vocab, meta
 
 
 def read_lines(path: str | None) -> list[tuple[str, str]]:

@@ -36,6 +36,11 @@ from .schemes import spans_to_tags, spans_to_words, tags_to_spans
 from .windows import chunks, clip_spans, plan_windows, training_pieces
 
 BUCKET_BATCHES = 16  # batches' worth of pieces per length bucket: enough variety within one, little padding
+# Sentences per Viterbi call in `predict_tags`. Decoding steps through time in Python, one small op per
+# character position, so its cost is per batch, not per sentence: decoding many length-sorted sentences at once
+# costs little more than one (CTB6 test at model batches of 8: about a fifth of the end-to-end time went to
+# decoding in batches of 8).
+DECODE_BATCH = 1024
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -46,7 +51,8 @@ def predict_tags(model: Tagger, id_seqs: Sequence[Sequence[int]], *, batch_size:
                  progress: bool = False) -> list[list[int]]:
     """Tag indices of every sentence (lists of character ids, any length): the windows of all sentences go
     through the model in batches of `batch_size` (longest first, so batches pad little), their kept scores are
-    stitched per sentence, and each sentence is decoded whole. Call under no_grad, in eval mode."""
+    stitched per sentence, and each sentence is decoded whole, `DECODE_BATCH` sentences of similar length at a
+    time. Call under no_grad, in eval mode."""
     device, size, n_tags = _device(model), model.body.cfg.block_size, len(model.head.tags)
     scores = [torch.zeros(len(ids), n_tags) for ids in id_seqs]  # stitched (n_i, K) per sentence, on the CPU
     rows = [(i, w) for i, ids in enumerate(id_seqs) for w in plan_windows(len(ids), size, overlap)]
@@ -59,8 +65,8 @@ def predict_tags(model: Tagger, id_seqs: Sequence[Sequence[int]], *, batch_size:
             scores[i][w.keep_start : w.keep_end] = row[w.keep_start - w.start : w.keep_end - w.start]
     paths: list[list[int]] = [[] for _ in id_seqs]
     order = sorted((i for i, ids in enumerate(id_seqs) if len(ids)), key=lambda i: len(id_seqs[i]))
-    for b in range(0, len(order), batch_size):
-        batch = order[b : b + batch_size]
+    for b in range(0, len(order), DECODE_BATCH):
+        batch = order[b : b + DECODE_BATCH]
         lengths = torch.tensor([len(id_seqs[i]) for i in batch])
         padded = torch.zeros(len(batch), int(lengths.max()), n_tags)
         for row, i in enumerate(batch):

@@ -1,4 +1,5 @@
-"""int8 weights for CPU inference: dynamic quantization of the transformer's linear layers.
+"""A model made ready for inference (`prepare_for_inference`): q/k/v fused into one layer, and for the CPU int8
+weights, by dynamic quantization of the transformer's linear layers.
 
 The idea (dynamic quantization; Jacob et al. 2018, as PyTorch implements it): each weight matrix is stored as
 int8 with one fp32 scale per output row (``W ≈ scale[row] · W_int8``), computed once here; at every call the
@@ -8,22 +9,24 @@ under a second); the product runs in integer arithmetic with int32 accumulation 
 x86 CPUs, through fbgemm or oneDNN) and is scaled back to fp32. Everything else stays fp32: embeddings, norms,
 rotary positions, attention, GELU, the task heads and the decoders.
 
-What is quantized: the q/k/v/o projections and the two MLP matrices of every block (``12·C²`` weights per
+What is quantized: the q/k/v/o projections (q/k/v as one layer once fused) and the two MLP matrices of every block (``12·C²`` weights per
 layer, nearly all of the compute), and for a language model the output layer (the tied embedding: an int8 copy
 is packed for the output, the fp32 table stays for the input lookup). A task head (C x K scores for K tags or
 labels) stays fp32: it is a negligible share of the time, and its scores feed Viterbi and softmax directly.
 Layers wrapped by a parameter-efficient method (`charformer.peft.inject.AdaptedLinear`) are not `nn.Linear`
 and stay fp32.
 
-How much it buys. A forward pass at d_model 192 spends only about 55-65% of its time in the linear layers on
-this 2-core Xeon (profiled at batch 64 x 45 characters, one thread; attention ~12%, GELU ~12%, the rest
+How much it buys. A forward pass at d_model 192 spends only about 55-65% of its fp32 time in the linear layers
+on this 2-core Xeon (profiled at batch 64 x 45 characters, one thread; attention ~12%, GELU ~12%, the rest
 elementwise), so even infinitely fast int8 layers would give under 3x. The weights are packed for oneDNN
-(`int8_engine`), which uses the CPU's AMX / VNNI int8 units: in an interleaved A/B on the CTB6 segmenter (one
-thread, batches of 8 and 64 sentences of 45 characters) the forward pass ran 1.45x faster than fp32 with oneDNN
-and 1.22-1.29x with PyTorch's default x86 engine (fbgemm). End to end (windows, Viterbi, words; `bench/inference.py`,
-results in the README and bench/results/inference_cpu.json) segmentation gains 1.32-1.41x at batches of 8 and 64;
-bf16 autocast (AMX) 1.34-1.92x. Memory: the weights shrink about 2x, but a process's peak is dominated by torch
-itself and the fp32 activations.
+(`int8_engine`), which uses the CPU's AMX / VNNI int8 units: in an interleaved A/B on the CTB6 segmenter's
+forward pass it ran 1.45x faster than fp32, PyTorch's default x86 engine (fbgemm) 1.22-1.29x. A oneDNN call
+has a fixed cost of about 0.1 ms (quantizing the input, dispatch), about what a whole 192 x 192 layer costs at a
+batch of 8 sentences; hence `fuse_for_inference`, which the tools apply at every precision, so that q, k and v
+take one call. End to end (windows, Viterbi, words; `bench/inference.py`, results in the README and
+bench/results/inference_cpu.json) segmentation gains 1.69x at the tools' default batch of 64 windows, 1.35x at
+8, with the q/k/v fusion and the malloc settings of `charformer.heap` for both precisions. Memory: the weights
+shrink about 2x, but a process's peak is dominated by torch itself and the fp32 activations.
 
 Why PyTorch's implementation rather than our own: a plain int8 linear written here (per-token activation
 scales, `torch._int_mm`) was slower than fp32 for the MLP shapes (4096 x 192 @ 192 x 768: about 2x slower),

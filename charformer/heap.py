@@ -15,10 +15,10 @@ faults per pass with glibc's defaults, none with these settings once the heap ha
 `bench/inference.py` with and without ``--default-heap``, run one after the other: int8 35,766 vs 30,774
 characters/s end to end at batch 64 (fp32 19,600 vs 18,811), forward passes alone 1.88x vs 1.48x faster than
 fp32. The int8 model gains most: it allocates more (its quantized copies of the inputs) and its matmuls are
-faster, so the faults were a larger share of its time. The cost is
-that memory freed by one batch stays with the process for the next. These are the settings the
-``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` environment variables (or ``GLIBC_TUNABLES``) would
-give, set from Python so that every tool gets them without a wrapper script.
+faster, so the faults were a larger share of its time. The cost is that memory freed by one batch stays with
+the process for the next. These are the settings the ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``
+environment variables (or ``GLIBC_TUNABLES``) would give, set from Python so that every tool gets them without
+a wrapper script.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""charformer.heap: with its malloc settings, the activations a forward pass frees are reused by the next one,
-where glibc's defaults give many of them back to the kernel and fault fresh pages in again. Each case runs in a
-process of its own, since malloc settings are per process and cannot be undone."""
+"""charformer.heap: with its malloc settings, a large activation comes from the heap and its memory stays there
+for the next one when freed; with glibc's defaults it is mapped from the kernel and unmapped again. Read from
+glibc's own accounting (mallinfo2), since page-fault counts depend on the kernel (transparent huge pages) and
+are not repeatable. Each case runs in a process of its own: malloc settings are per process."""
 
 import os
 import platform
@@ -11,38 +12,41 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# Forward passes of an encoder of the CTB6 segmenter's width at a few batch shapes (activations of 1-25 MiB, as
-# the segmentation tool's batches of 64 windows have), three times to warm up (the heap settles), then twice more
-# counting page faults.
+# Allocate a 48 MiB tensor (above glibc's largest dynamic mmap threshold, 32 MiB; below ours, 64 MiB) and free
+# it; print the bytes glibc holds in mmapped blocks while it lives, and the heap (main arena) size before the
+# allocation and after the free.
 PROBE = """
-import resource, sys, torch
+import ctypes, sys, torch
 from charformer.heap import retain_freed_memory
-from charformer.model import CharTransformer, ModelConfig
 if sys.argv[1] == "retain":
     assert retain_freed_memory()
-torch.manual_seed(0)
-model = CharTransformer(ModelConfig(vocab_size=100, block_size=128, n_layers=2, n_heads=4, d_model=192,
-                                    causal=False)).eval()
-shapes = [(64, 128), (64, 96), (48, 120), (64, 64)]
-with torch.inference_mode():
-    for B, T in shapes * 3:
-        model.hidden_states(torch.randint(100, (B, T)))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for B, T in shapes * 2:
-        model.hidden_states(torch.randint(100, (B, T)))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+before = libc.mallinfo2()
+x = torch.ones(12 << 20)
+during = libc.mallinfo2()
+del x
+after = libc.mallinfo2()
+print(during.hblkhd - before.hblkhd, before.arena, after.arena)
 """
+MIB = 1 << 20
 
 
-def _page_faults(mode: str) -> int:
+def _mallinfo(mode: str) -> tuple[int, int, int]:
     out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True, cwd=ROOT,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    return int(out.stdout)
+    mapped, arena_before, arena_after = map(int, out.stdout.split())
+    return mapped, arena_before, arena_after
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt settings exist on glibc only")
-def test_forward_passes_fault_far_fewer_pages_with_the_settings():
-    default, retained = _page_faults("default"), _page_faults("retain")
-    # Measured here: 24,000-81,000 with glibc's defaults (it depends on the run), none with the settings.
-    assert default > 10_000
-    assert retained < 1_000
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or tuple(map(int, platform.libc_ver()[1].split("."))) < (2, 33),
+                    reason="mallopt settings exist on glibc only; mallinfo2 since glibc 2.33")
+def test_large_blocks_come_from_the_heap_and_stay_there():
+    mapped, _, _ = _mallinfo("default")
+    assert mapped >= 48 * MIB  # glibc's defaults: mmapped, and unmapped on free
+    mapped, arena_before, arena_after = _mallinfo("retain")
+    assert mapped < 48 * MIB  # the settings: from the heap...
+    assert arena_after - arena_before >= 48 * MIB  # ...which keeps the freed block for the next allocation

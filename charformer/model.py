@@ -165,7 +165,6 @@ class SelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.o_proj(y))
 
-
     def fuse_qkv(self) -> bool:
         """Replace q/k/v_proj by one ``(C, 3C)`` layer computing the same products (for inference: one matmul
         instead of three, and under int8 one quantization of x instead of three; `charformer.quantize`). Layers

@@ -9,12 +9,12 @@ under a second); the product runs in integer arithmetic with int32 accumulation 
 x86 CPUs, through fbgemm or oneDNN) and is scaled back to fp32. Everything else stays fp32: embeddings, norms,
 rotary positions, attention, GELU, the task heads and the decoders.
 
-What is quantized: the q/k/v/o projections (q/k/v as one layer once fused) and the two MLP matrices of every block (``12·C²`` weights per
-layer, nearly all of the compute), and for a language model the output layer (the tied embedding: an int8 copy
-is packed for the output, the fp32 table stays for the input lookup). A task head (C x K scores for K tags or
-labels) stays fp32: it is a negligible share of the time, and its scores feed Viterbi and softmax directly.
-Layers wrapped by a parameter-efficient method (`charformer.peft.inject.AdaptedLinear`) are not `nn.Linear`
-and stay fp32.
+What is quantized: the q/k/v/o projections (q/k/v as one layer once fused) and the two MLP matrices of every
+block (``12·C²`` weights per layer, nearly all of the compute), and for a language model the output layer (the
+tied embedding: an int8 copy is packed for the output, the fp32 table stays for the input lookup). A task head
+(C x K scores for K tags or labels) stays fp32: it is a negligible share of the time, and its scores feed
+Viterbi and softmax directly. Layers wrapped by a parameter-efficient method
+(`charformer.peft.inject.AdaptedLinear`) are not `nn.Linear` and stay fp32.
 
 How much it buys. A forward pass at d_model 192 spends only about 55-65% of its fp32 time in the linear layers
 on this 2-core Xeon (profiled at batch 64 x 45 characters, one thread; attention ~12%, GELU ~12%, the rest

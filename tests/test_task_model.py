@@ -8,8 +8,9 @@ from hypothesis import given, settings, strategies as st
 
 from charformer.errors import CharformerError
 from charformer.model import ModelConfig
+from charformer.tasks import objectives
 from charformer.tasks.model import build_task_model, freeze, load_task_checkpoint, save_task_checkpoint
-from charformer.tasks.objectives import BUCKET_BATCHES, TaggingObjective, chunk_batch, predict_tags
+from charformer.tasks.objectives import BUCKET_BATCHES, TaggingObjective, chunk_batch, decode_groups, predict_tags
 from charformer.tasks.readers import Sentence
 from charformer.tasks.schemes import tag_set
 from charformer.tasks.windows import clip_spans, plan_windows, training_pieces
@@ -62,6 +63,23 @@ def test_long_sentences_get_exactly_one_tag_per_character():
         # a sentence that fits one block is decoded from one plain forward pass
         ids = torch.tensor([sentences[2]])
         assert paths[2] == model.head.decode(model(ids, torch.tensor([BLOCK])), torch.tensor([BLOCK]))[0]
+
+
+def test_decode_groups_bound_padded_positions():
+    # 3 x 3 = 9 fits a budget of 10, 4 x 5 does not; 2 x 100 does not either, and 100 alone exceeds it
+    assert decode_groups([2, 2, 3, 5, 100], 10) == [range(0, 3), range(3, 4), range(4, 5)]
+    assert decode_groups([4], 1) == [range(0, 1)] and decode_groups([], 10) == []
+
+
+def test_decoding_in_small_groups_gives_the_same_paths(monkeypatch):
+    model, task = tagger()
+    g = torch.Generator().manual_seed(2)
+    sentences = [torch.randint(7, 50, (n,), generator=g).tolist() for n in (5, 0, 17, 3, 40, 9, 3)]
+    with torch.no_grad():
+        together = predict_tags(model, sentences, batch_size=4, overlap=task["overlap"])
+        monkeypatch.setattr(objectives, "DECODE_POSITIONS", 12)  # groups of one or two sentences
+        apart = predict_tags(model, sentences, batch_size=4, overlap=task["overlap"])
+    assert apart == together and [len(p) for p in apart] == [len(s) for s in sentences]
 
 
 def test_tagging_batches_are_length_bucketed_and_every_piece_equally_likely():

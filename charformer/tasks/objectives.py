@@ -36,11 +36,12 @@ from .schemes import spans_to_tags, spans_to_words, tags_to_spans
 from .windows import chunks, clip_spans, plan_windows, training_pieces
 
 BUCKET_BATCHES = 16  # batches' worth of pieces per length bucket: enough variety within one, little padding
-# Sentences per Viterbi call in `predict_tags`. Decoding steps through time in Python, one small op per
-# character position, so its cost is per batch, not per sentence: decoding many length-sorted sentences at once
-# costs little more than one (CTB6 test at model batches of 8: about a fifth of the end-to-end time went to
-# decoding in batches of 8).
-DECODE_BATCH = 1024
+# Padded character positions per Viterbi call in `predict_tags`. Decoding steps through time in Python, a few
+# small ops per position of the longest sentence, so its cost is per call, not per sentence: 500 CTB6 test
+# sentences decode in 0.20 s in calls of 8 sentences, 0.05 s in one call (a fifth of the end-to-end time at
+# model batches of 8). Bounding positions rather than sentences keeps a 100,000-character line from padding a
+# thousand others to its length.
+DECODE_POSITIONS = 1 << 17
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -51,8 +52,8 @@ def predict_tags(model: Tagger, id_seqs: Sequence[Sequence[int]], *, batch_size:
                  progress: bool = False) -> list[list[int]]:
     """Tag indices of every sentence (lists of character ids, any length): the windows of all sentences go
     through the model in batches of `batch_size` (longest first, so batches pad little), their kept scores are
-    stitched per sentence, and each sentence is decoded whole, `DECODE_BATCH` sentences of similar length at a
-    time. Call under no_grad, in eval mode."""
+    stitched per sentence, and each sentence is decoded whole, sentences of similar length together
+    (`decode_groups`). Call under no_grad, in eval mode."""
     device, size, n_tags = _device(model), model.body.cfg.block_size, len(model.head.tags)
     scores = [torch.zeros(len(ids), n_tags) for ids in id_seqs]  # stitched (n_i, K) per sentence, on the CPU
     rows = [(i, w) for i, ids in enumerate(id_seqs) for w in plan_windows(len(ids), size, overlap)]
@@ -65,8 +66,8 @@ def predict_tags(model: Tagger, id_seqs: Sequence[Sequence[int]], *, batch_size:
             scores[i][w.keep_start : w.keep_end] = row[w.keep_start - w.start : w.keep_end - w.start]
     paths: list[list[int]] = [[] for _ in id_seqs]
     order = sorted((i for i, ids in enumerate(id_seqs) if len(ids)), key=lambda i: len(id_seqs[i]))
-    for b in range(0, len(order), DECODE_BATCH):
-        batch = order[b : b + DECODE_BATCH]
+    for group in decode_groups([len(id_seqs[i]) for i in order], DECODE_POSITIONS):
+        batch = [order[j] for j in group]
         lengths = torch.tensor([len(id_seqs[i]) for i in batch])
         padded = torch.zeros(len(batch), int(lengths.max()), n_tags)
         for row, i in enumerate(batch):
@@ -74,6 +75,17 @@ def predict_tags(model: Tagger, id_seqs: Sequence[Sequence[int]], *, batch_size:
         for i, path in zip(batch, model.head.decode(padded.to(device), lengths.to(device))):
             paths[i] = path
     return paths
+
+
+def decode_groups(lengths: Sequence[int], budget: int) -> list[range]:
+    """Split positions ``0..len(lengths)-1`` of ascending `lengths` into consecutive runs whose padded size
+    (run length x its last, longest, length) is at most `budget`; a length over the budget is a run of its own."""
+    groups, start = [], 0
+    for end in range(1, len(lengths) + 1):
+        if end == len(lengths) or (end - start + 1) * lengths[end] > budget:
+            groups.append(range(start, end))
+            start = end
+    return groups
 
 
 def chunk_batch(id_seqs: Sequence[Sequence[int]], block_size: int) -> tuple[torch.Tensor, torch.Tensor]:

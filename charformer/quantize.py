@@ -24,7 +24,7 @@ forward pass it ran 1.45x faster than fp32, PyTorch's default x86 engine (fbgemm
 has a fixed cost of about 0.1 ms (quantizing the input, dispatch), about what a whole 192 x 192 layer costs at a
 batch of 8 sentences; hence `fuse_for_inference`, which the tools apply at every precision, so that q, k and v
 take one call. End to end (windows, Viterbi, words; `bench/inference.py`, results in the README and
-bench/results/inference_cpu.json) segmentation gains 1.69x at the tools' default batch of 64 windows, 1.35x at
+bench/results/inference_cpu.json) segmentation gains 1.77x at the tools' default batch of 64 windows, 1.42x at
 8, with the q/k/v fusion and the malloc settings of `charformer.heap` for both precisions. Memory: the weights
 shrink about 2x, but a process's peak is dominated by torch itself and the fp32 activations.
 

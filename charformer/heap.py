@@ -24,7 +24,6 @@ a wrapper script.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import platform
 
 # mallopt parameter numbers, from glibc's <malloc.h>.
@@ -39,6 +38,6 @@ def retain_freed_memory() -> bool:
     applied: False off glibc (macOS, Windows, musl), where nothing is changed."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc = ctypes.CDLL(None)  # the symbols already loaded in this process: glibc's mallopt among them
     return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
         libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))

@@ -104,8 +104,9 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
 
 
 def prepare_for_inference(model: nn.Module, *, int8: bool) -> nn.Module:
-    """What every prediction tool does to a loaded model before use: eval mode, `fuse_for_inference`, and with
-    `int8` `quantize_int8`. Returns the model."""
+    """What every prediction tool does to a loaded model (a `CharTransformer` or a task model) before use, in
+    place: eval mode, `fuse_for_inference`, and with `int8` `quantize_int8`. Returns the model. Raises
+    CharformerError as `quantize_int8` does (int8 for a model not on the CPU)."""
     fuse_for_inference(model.eval())
     return quantize_int8(model) if int8 else model
 

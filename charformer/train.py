@@ -227,10 +227,11 @@ def fit(
         t_eval = time.perf_counter()
         model.eval()
         # Every rank evaluates the same weights on the same data (so early stopping agrees, and FSDP's gathers
-        # are matched on every rank); rank 0 records it.
+        # are matched on every rank); rank 0 records it. The report (a sample) is rank 0's alone, except under
+        # FSDP, where generating gathers parameters and so takes every rank.
         with torch.no_grad(), autocast:
             metrics = objective.evaluate(model)
-            text = objective.report(model)
+            text = objective.report(model) if main or cfg.fsdp else None
         model.train()
         value = metrics[objective.metric]
         improved = state["best"] is None or better(value, state["best"])

@@ -59,6 +59,7 @@ import torch
 
 from charformer.checkpoint import load_trainer_state, read_meta
 from charformer.cli import add_dataclass_options, build_dataclass, parse_with_config
+from charformer.device import pick_device
 from charformer.distributed import barrier, init_distributed, quiet_unless_main, shutdown
 from charformer.errors import CharformerError, run_cli
 from charformer.model import ModelConfig
@@ -66,7 +67,7 @@ from charformer.peft import describe_trainable
 from charformer.peft.training import MethodConfig, Tuning, check_options_apply
 from charformer.tasks.jobs import LMConfig, TaskConfig, lm_job, task_job
 from charformer.tasks.model import TASKS, freeze
-from charformer.train import TrainConfig, clear_run, fit, pick_device
+from charformer.train import TrainConfig, clear_run, fit
 
 ALL_TASKS = (*TASKS, "lm")
 DEFAULT_EPOCHS = 3

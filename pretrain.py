@@ -36,7 +36,8 @@ from charformer.errors import CharformerError, run_cli
 from charformer.model import CharTransformer, ModelConfig
 from charformer.objectives import CausalLM, MaskedLM, sample_text
 from charformer.tasks.readers import read_cws
-from charformer.train import TrainConfig, clear_run, fit, pick_device
+from charformer.device import pick_device
+from charformer.train import TrainConfig, clear_run, fit
 from charformer.vocab import CharVocab
 
 

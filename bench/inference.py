@@ -64,8 +64,8 @@ from charformer.model import CharTransformer, ModelConfig  # noqa: E402
 from charformer.heap import retain_freed_memory  # noqa: E402
 from charformer.quantize import int8_engine, prepare_for_inference  # noqa: E402
 from charformer.tasks.metrics import cws_scores  # noqa: E402
-from charformer.tasks.model import load_task_checkpoint  # noqa: E402
-from charformer.tasks.objectives import tag_texts  # noqa: E402
+from charformer.tasks.checkpoint import load_task_checkpoint  # noqa: E402
+from charformer.tasks.predict import tag_texts  # noqa: E402
 from charformer.tasks.readers import read_cws  # noqa: E402
 from charformer.tasks.schemes import spans_to_words  # noqa: E402
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 
 from .errors import run_cli
-from .tasks.inference import base_parser, load_for, read_lines, show_progress, write
-from .tasks.objectives import classify_texts
+from .tasks.tool import base_parser, load_for, read_lines, show_progress, write
+from .tasks.predict import classify_texts
 
 
 def main(argv: list[str] | None = None) -> int:

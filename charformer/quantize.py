@@ -45,7 +45,7 @@ import torch.nn as nn
 
 from .errors import CharformerError
 from .model import CharTransformer, SelfAttention
-from .train import pick_device
+from .device import pick_device
 
 
 def int8_module_names(model: nn.Module) -> list[str]:
@@ -117,7 +117,7 @@ def int8_engine() -> str:
 
 
 def inference_device(name: str, int8: bool) -> torch.device:
-    """The device a prediction tool runs on: `charformer.train.pick_device` of `name`, except that int8 means
+    """The device a prediction tool runs on: `charformer.device.pick_device` of `name`, except that int8 means
     the CPU (``auto`` picks it). Raises CharformerError for int8 with ``cuda``."""
     if int8 and name == "auto":
         return torch.device("cpu")

@@ -23,8 +23,8 @@ import re
 import torch
 
 from .errors import CharformerError, excerpt, run_cli
-from .tasks.inference import base_parser, load_for, read_lines, show_progress, write
-from .tasks.objectives import tag_texts
+from .tasks.tool import base_parser, load_for, read_lines, show_progress, write
+from .tasks.predict import tag_texts
 from .tasks.schemes import spans_to_words
 
 

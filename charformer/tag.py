@@ -23,8 +23,8 @@ import json
 import torch
 
 from .errors import CharformerError, run_cli
-from .tasks.inference import base_parser, load_for, read_lines, show_progress, write
-from .tasks.objectives import predict_tags
+from .tasks.tool import base_parser, load_for, read_lines, show_progress, write
+from .tasks.predict import predict_tags
 from .tasks.schemes import tags_to_spans
 
 

@@ -94,17 +94,6 @@ def clear_run(out_dir: str | Path) -> None:
 SaveFn = Callable[[Path, dict | None, dict | None, dict | None], None]
 
 
-def pick_device(name: str) -> torch.device:
-    """``"auto"`` -> cuda if available else cpu. Raises CharformerError for cuda on a machine without it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CharformerError("--device cuda requested but no CUDA device is available")
-    if name not in ("cpu", "cuda"):
-        raise CharformerError(f"device must be auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
-
-
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Learning rate at optimizer step `step` (0-based): linear warmup to `lr`, then decay to `min_lr`."""
     if step < cfg.warmup_steps:

@@ -20,8 +20,10 @@ from charformer.objectives import CausalLM
 from charformer.peft import METHODS, apply_method, load_adapted_checkpoint, read_adapter_meta
 from charformer.segment import format_words
 from charformer.tasks.jobs import TaskConfig, read_task_files
-from charformer.tasks.model import build_task_model, load_task_checkpoint, pretrained_config
-from charformer.tasks.objectives import ClassificationObjective, TaggingObjective, tag_texts
+from charformer.tasks.checkpoint import load_task_checkpoint, pretrained_config
+from charformer.tasks.model import build_task_model
+from charformer.tasks.objectives import ClassificationObjective, TaggingObjective
+from charformer.tasks.predict import tag_texts
 from charformer.tasks.schemes import spans_to_words
 from charformer.vocab import CharVocab
 from tests.test_finetune_cli import TINY, _cls_text, _cws_text

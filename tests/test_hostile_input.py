@@ -21,9 +21,9 @@ from charformer import classify, sample, segment, tag
 from charformer.data import read_corpus, read_text, split_lines
 from charformer.errors import CharformerError
 from charformer.segment import format_words, join_words
-from charformer.tasks.inference import read_lines
-from charformer.tasks.model import load_task_checkpoint
-from charformer.tasks.objectives import tag_texts
+from charformer.tasks.tool import read_lines
+from charformer.tasks.checkpoint import load_task_checkpoint
+from charformer.tasks.predict import tag_texts
 from charformer.tasks.readers import read_conll, read_cws, read_labeled
 from charformer.tasks.schemes import SCHEMES, spans_to_tags, spans_to_words
 from charformer.vocab import CharVocab

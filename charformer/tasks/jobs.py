@@ -39,7 +39,8 @@ from ..objectives import CausalLM, lm_scores, sample_text
 from ..peft import load_adapted_checkpoint
 from ..train import TrainConfig
 from ..vocab import CharVocab
-from .model import build_task_model, load_task_checkpoint, pretrained_config, save_task_checkpoint
+from .checkpoint import load_task_checkpoint, pretrained_config, save_task_checkpoint
+from .model import build_task_model
 from .objectives import ClassificationObjective, TaggingObjective
 from .readers import TOKEN_FORMATS, read_conll, read_cws, read_labeled
 from .schemes import SCHEMES, detect_scheme, is_valid, spans_to_words, tag_set

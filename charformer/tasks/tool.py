@@ -21,7 +21,7 @@ from ..data import decode_utf8, read_text, split_lines
 from ..errors import CharformerError
 from ..heap import retain_freed_memory
 from ..quantize import inference_device, prepare_for_inference
-from .model import load_task_checkpoint
+from .checkpoint import load_task_checkpoint
 
 TOOLS = {"cws": "charformer.segment", "ner": "charformer.tag", "classify": "charformer.classify"}
 PROGRESS_MIN_LINES = 1000  # show a progress bar (stderr) from this many input lines on

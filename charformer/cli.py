@@ -1,19 +1,30 @@
-"""Command-line plumbing shared by the scripts: TOML config files that flags override.
+"""Command-line plumbing shared by the scripts: options generated from dataclass fields, and TOML config
+files that flags override.
 
-Precedence, lowest first: the dataclass defaults, the ``--config`` TOML file, then flags given on the command
-line. A TOML file is flat (``key = value`` with the flag names, dashes or underscores); a key that is not an
-option is an error naming the file, never silently ignored.
+A command line is parsed once, at the script's edge, into typed dataclasses (`build_dataclass`); library code
+below never sees the argparse namespace. Each field is one ``--field-name`` option whose help text is the
+field's ``metadata["help"]`` (`option`). Precedence, lowest first: the dataclass defaults, the ``--config``
+TOML file, then flags given on the command line. A TOML file is flat (``key = value`` with the flag names,
+dashes or underscores); a key that is not an option is an error naming the file, never silently ignored.
 """
 
 from __future__ import annotations
 
 import argparse
 import tomllib
-from dataclasses import fields
+from dataclasses import field, fields
 from pathlib import Path
 from typing import Any
 
 from .errors import CharformerError
+
+
+def option(default, help: str, **metadata):
+    """A dataclass field whose ``--help`` text is `help` (a sentence, with units); more `metadata` may ride along.
+    A list default is copied for every instance."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **metadata})
+    return field(default=default, metadata={"help": help, **metadata})
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -47,28 +58,39 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = 
     return args
 
 
+def given(cls, args: argparse.Namespace) -> dict[str, Any]:
+    """The fields of dataclass `cls` that were given (on the command line or in the config file), with values."""
+    return {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+
+
 def build_dataclass(cls, args: argparse.Namespace, **overrides):
-    """Instantiate dataclass `cls` from the non-None attributes of `args` that are its fields."""
-    values = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
-    values.update(overrides)
+    """Instantiate dataclass `cls` from the fields given in `args` (the rest keep their defaults) and
+    `overrides`. Raises CharformerError for a value the dataclass refuses."""
+    values = {**given(cls, args), **overrides}
     try:
         return cls(**values)
     except (TypeError, ValueError) as e:
         raise CharformerError(str(e)) from None
 
 
-def add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (), group: str | None = None) -> None:
-    """Add one ``--field-name`` option per field of dataclass `cls` (type from its default), default None. A
-    field's ``metadata["help"]``, if any, is its help text. A boolean option given alone means true."""
+def add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (), group: str | None = None,
+                          helps: dict[str, str] | None = None) -> None:
+    """Add one ``--field-name`` option per field of dataclass `cls` (type from its default), default None, so
+    that a given option can be told from one not given. Help text: the field's ``metadata["help"]``, else
+    ``helps[name]``. A boolean option given alone means true; a list field takes one or more values."""
     target = parser.add_argument_group(group) if group else parser
     for f in fields(cls):
         if f.name in skip:
             continue
-        default = f.default
+        default = f.default_factory() if callable(f.default_factory) else f.default
         flag = "--" + f.name.replace("_", "-")
-        text = f"{f.metadata['help']} (default: {default!r})" if "help" in f.metadata else f"(default: {default})"
+        text = f.metadata.get("help") or (helps or {}).get(f.name, "")
+        text = f"{text} (default: {default!r})"
         if isinstance(default, bool):
             target.add_argument(flag, type=_parse_bool, nargs="?", const=True, default=None, metavar="BOOL", help=text)
+        elif isinstance(default, list):
+            kind = type(default[0]) if default else int
+            target.add_argument(flag, type=kind, nargs="+", default=None, help=text)
         else:
             kind = {"int": int, "float": float, "str": str}.get(type(default).__name__, _int_or_none)
             target.add_argument(flag, type=kind, default=None, help=text)

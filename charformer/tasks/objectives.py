@@ -7,8 +7,8 @@ for classification, whole texts as chunks. One *epoch* is as many draws as there
 
 Tagging batches are *length-bucketed*, as machine translation batches sentences of similar length (Vaswani
 et al. 2017, section 5.1): the pieces are sorted by length into buckets of `BUCKET_BATCHES` batches and a batch
-is drawn from one bucket, so it pads little (CTB6 training pieces: 45 characters on average; a random batch of
-32 pads to ~116, a bucketed one to ~47). Each piece stays equally likely: a bucket is chosen with probability
+is drawn from one bucket, so it pads little (a random batch pads every piece to the longest of a few dozen
+drawn from the whole length distribution). Each piece stays equally likely: a bucket is chosen with probability
 proportional to its size. The loss is the sum over the batch's real characters divided by a constant, rows x
 mean piece length, rather than their mean: a batch of short pieces has few characters, and a mean would give
 each of them more weight than a character of a long sentence.

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from tqdm import tqdm
 
 from ..data import pad_sequences
 from ..vocab import CLS_ID, CharVocab
@@ -19,15 +18,25 @@ from .schemes import tags_to_spans
 from .windows import chunks, plan_windows
 
 # Padded character positions per Viterbi call in `predict_tags`. Decoding steps through time in Python, a few
-# small ops per position of the longest sentence, so its cost is per call, not per sentence: 500 CTB6 test
-# sentences decode in 0.20 s in calls of 8 sentences, 0.05 s in one call (a fifth of the end-to-end time at
-# model batches of 8). Bounding positions rather than sentences keeps a 100,000-character line from padding a
-# thousand others to its length.
+# small ops per position of the longest sentence, so its cost is per call, not per sentence: many sentences
+# decode far faster in one call than in many calls of a few. Bounding positions rather than sentences keeps a
+# 100,000-character line from padding a thousand others to its length.
 DECODE_POSITIONS = 1 << 17
 
 
 def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def _batch_starts(n: int, batch_size: int, progress: bool):
+    """``range(0, n, batch_size)``, shown as a progress bar on stderr when `progress`. tqdm is imported only
+    then, so that a prediction tool starts without it."""
+    starts = range(0, n, batch_size)
+    if not progress:
+        return starts
+    from tqdm import tqdm
+
+    return tqdm(starts, desc="predict", unit="batch", leave=False)
 
 
 def predict_tags(model: Tagger, id_seqs: Sequence[Sequence[int]], *, batch_size: int, overlap: int,
@@ -40,7 +49,7 @@ def predict_tags(model: Tagger, id_seqs: Sequence[Sequence[int]], *, batch_size:
     scores = [torch.zeros(len(ids), n_tags) for ids in id_seqs]  # stitched (n_i, K) per sentence, on the CPU
     rows = [(i, w) for i, ids in enumerate(id_seqs) for w in plan_windows(len(ids), size, overlap)]
     rows.sort(key=lambda row: row[1].end - row[1].start, reverse=True)
-    for b in tqdm(range(0, len(rows), batch_size), desc="predict", unit="batch", disable=not progress, leave=False):
+    for b in _batch_starts(len(rows), batch_size, progress):
         batch = rows[b : b + batch_size]
         ids, lengths = pad_sequences([id_seqs[i][w.start : w.end] for i, w in batch])
         out = model(ids.to(device), lengths.to(device)).cpu()  # (B, T, K)
@@ -91,7 +100,7 @@ def predict_label_probs(model: Classifier, id_seqs: Sequence[Sequence[int]], *, 
     device = _device(model)
     probs = torch.zeros(len(id_seqs), len(model.head.labels))
     order = sorted(range(len(id_seqs)), key=lambda i: len(id_seqs[i]))
-    for b in tqdm(range(0, len(order), batch_size), desc="predict", unit="batch", disable=not progress, leave=False):
+    for b in _batch_starts(len(order), batch_size, progress):
         batch = order[b : b + batch_size]
         ids, lengths = chunk_batch([id_seqs[i] for i in batch], model.body.cfg.block_size)
         probs[batch] = model(ids.to(device), lengths.to(device)).softmax(-1).cpu()

@@ -55,7 +55,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from charformer.checkpoint import load_trainer_state, read_meta
-from charformer.cli import add_dataclass_options, build_dataclass, given, parse_with_config
+from charformer.cli import add_dataclass_options, build_dataclass, given_fields, parse_with_config
 from charformer.distributed import DistInfo
 from charformer.errors import CharformerError, run_cli
 from charformer.model import ModelConfig
@@ -108,30 +108,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None) -> FinetuneArgs:
     """The command line (and --config file) as typed options, checked. Raises CharformerError."""
-    args = parse_with_config(build_parser(), argv)
-    needed = ("task", "train", "dev", "init", "out") + (() if args.task == "lm" else ("test",))
-    missing = [f"--{name}" for name in needed if not getattr(args, name)]
+    given = parse_with_config(build_parser(), argv)
+    task = given.get("task")
+    needed = ("task", "train", "dev", "init", "out") + (() if task == "lm" else ("test",))
+    missing = [f"--{name}" for name in needed if not given.get(name)]
     if missing:
         raise CharformerError(f"missing {', '.join(missing)} (on the command line or in the --config file)")
-    if args.task not in ALL_TASKS:
-        raise CharformerError(f"--task must be one of {ALL_TASKS}, got {args.task!r}")
-    run = run_args(args)
-    spec = JobSpec(args.task, args.train, args.dev, args.test, args.init, given(ModelConfig, args))
-    task_cfg, train_cfg = build_dataclass(TaskConfig, args), build_dataclass(TrainConfig, args)
-    method = choose_method(build_dataclass(MethodConfig, args), set(given(MethodConfig, args)), task_cfg, spec)
+    if task not in ALL_TASKS:
+        raise CharformerError(f"--task must be one of {ALL_TASKS}, got {task!r}")
+    run = run_args(given)
+    spec = JobSpec(task, given["train"], given["dev"], given.get("test"), given["init"],
+                   given_fields(ModelConfig, given))
+    task_cfg, train_cfg = build_dataclass(TaskConfig, given), build_dataclass(TrainConfig, given)
+    method = choose_method(build_dataclass(MethodConfig, given), set(given_fields(MethodConfig, given)), task_cfg, spec)
     if train_cfg.fsdp and method.method != "full":
         raise CharformerError(f"--fsdp is for --method full: --method {method.method} trains a small share of the "
                               "weights, which DDP (the default under torchrun) handles without sharding")
-    if args.max_steps is not None and args.epochs is not None:
+    if "max_steps" in given and "epochs" in given:
         raise CharformerError("give either --max-steps or --epochs, not both")
-    if args.task == "lm" and (args.train_examples is not None or (args.rehearsal_share is not None
-                                                                  and not args.rehearsal_data)):
+    examples = given.get("train_examples")
+    if task == "lm" and (examples is not None or ("rehearsal_share" in given and not given.get("rehearsal_data"))):
         raise CharformerError("--train-examples is for cws, ner and classify; --rehearsal-share needs "
                               "--rehearsal-data")
-    if args.train_examples is not None and args.train_examples < 1:
-        raise CharformerError(f"--train-examples must be >= 1, got {args.train_examples}")
-    return FinetuneArgs(run, spec, args.epochs, args.train_examples, method, task_cfg,
-                        build_dataclass(LMConfig, args), train_cfg, frozenset(given(TrainConfig, args)))
+    if examples is not None and examples < 1:
+        raise CharformerError(f"--train-examples must be >= 1, got {examples}")
+    return FinetuneArgs(run, spec, given.get("epochs"), examples, method, task_cfg,
+                        build_dataclass(LMConfig, given), train_cfg, frozenset(given_fields(TrainConfig, given)))
 
 
 def set_training_length(cfg: TrainConfig, epochs: float | None, given_fields: frozenset[str], n_train: int,

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from charformer.checkpoint import load_checkpoint, read_meta, save_checkpoint
-from charformer.cli import add_dataclass_options, build_dataclass, given, option, parse_with_config
+from charformer.cli import add_dataclass_options, build_dataclass, given_fields, option, parse_with_config
 from charformer.data import collect_files, encode_array, line_segments, read_corpus, split_corpus
 from charformer.distributed import DistInfo
 from charformer.errors import CharformerError, run_cli
@@ -101,12 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None) -> PretrainArgs:
     """The command line (and --config file) as typed options. Raises CharformerError for a bad value."""
-    args = parse_with_config(build_parser(), argv)
+    given = parse_with_config(build_parser(), argv)
     as_list = lambda v: [v] if isinstance(v, str) else v  # noqa: E731  (a config file may give one path)
-    if not args.data:
+    if not given.get("data"):
         raise CharformerError("no training text: give --data PATH (or 'data' in the config file)")
-    return PretrainArgs(run_args(args, "out/pretrain"), as_list(args.data), as_list(args.val),
-                        build_dataclass(DataConfig, args), given(ModelConfig, args), build_dataclass(TrainConfig, args))
+    return PretrainArgs(run_args(given, "out/pretrain"), as_list(given["data"]), as_list(given.get("val")),
+                        build_dataclass(DataConfig, given), given_fields(ModelConfig, given),
+                        build_dataclass(TrainConfig, given))
 
 
 def read_texts(paths: list[str], data_format: str) -> str:

@@ -40,35 +40,33 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
-def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse argv; fill options not given on the command line from ``--config`` (if any), then defaults.
-
-    Every option of `parser` must have ``default=None`` (real defaults are applied by the caller, usually from
-    a dataclass) so that "not given" can be told apart from "given".
-    """
-    args = parser.parse_args(argv)
-    config_path = getattr(args, "config", None)
+def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> dict[str, Any]:
+    """The options given, by name (``--max-steps 5`` -> ``{"max_steps": 5}``): those on the command line, then
+    those of the ``--config`` file (if any) that the command line did not give. Options not given are absent:
+    their defaults are applied by the caller, usually from a dataclass (`build_dataclass`), which is why every
+    option of `parser` must have ``default=None``. Raises CharformerError for a config key that is no option."""
+    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    config_path = given.get("config")
     if config_path:
         known = {a.dest for a in parser._actions}
         for key, value in load_toml(config_path).items():
             if key not in known or key == "config":
                 raise CharformerError(f"{config_path}: unknown option {key!r}")
-            if getattr(args, key) is None:
-                setattr(args, key, value)
-    return args
+            given.setdefault(key, value)
+    return given
 
 
-def given(cls, args: argparse.Namespace) -> dict[str, Any]:
-    """The fields of dataclass `cls` that were given (on the command line or in the config file), with values."""
-    return {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+def given_fields(cls, given: dict[str, Any]) -> dict[str, Any]:
+    """The options in `given` (`parse_with_config`) that are fields of dataclass `cls`."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in given.items() if k in names}
 
 
-def build_dataclass(cls, args: argparse.Namespace, **overrides):
-    """Instantiate dataclass `cls` from the fields given in `args` (the rest keep their defaults) and
-    `overrides`. Raises CharformerError for a value the dataclass refuses."""
-    values = {**given(cls, args), **overrides}
+def build_dataclass(cls, given: dict[str, Any], **overrides):
+    """Instantiate dataclass `cls` from the options `given` that are its fields (the rest keep their
+    defaults) and `overrides`. Raises CharformerError for a value the dataclass refuses."""
     try:
-        return cls(**values)
+        return cls(**{**given_fields(cls, given), **overrides})
     except (TypeError, ValueError) as e:
         raise CharformerError(str(e)) from None
 

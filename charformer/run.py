@@ -65,9 +65,10 @@ def add_run_options(p: argparse.ArgumentParser, model_group: str) -> None:
     add_dataclass_options(p, ModelConfig, skip=("vocab_size",), group=model_group, helps=MODEL_HELP)
 
 
-def run_args(args: argparse.Namespace, default_out: str | None = None) -> RunArgs:
-    """The `RunArgs` of parsed options; refuses an --out that holds a run unless --resume or --overwrite."""
-    run = RunArgs(Path(args.out or default_out), bool(args.resume), bool(args.overwrite))
+def run_args(given: dict, default_out: str | None = None) -> RunArgs:
+    """The `RunArgs` of the options `given` (`charformer.cli.parse_with_config`); refuses an --out that holds
+    a run unless --resume or --overwrite."""
+    run = RunArgs(Path(given.get("out") or default_out), bool(given.get("resume")), bool(given.get("overwrite")))
     if not run.resume and not run.overwrite and (run.out / "last").exists():
         raise CharformerError(f"{run.out} already holds a run: pass --resume to continue it, --overwrite to replace "
                               "it, or choose another --out")

@@ -291,25 +291,33 @@ def _save_last(run: _Run, state: LoopState) -> None:
     barrier(run.dist_info)  # no rank runs ahead of a checkpoint it may need to read
 
 
+def _log_step(run: _Run, bar: tqdm, record: dict, chars_per_s: float) -> None:
+    """Advance the progress bar; every `log_interval` steps (and at the last) show and record the step."""
+    bar.update(1)
+    step = record["step"]
+    if step % run.cfg.log_interval == 0 or step == run.cfg.max_steps:
+        bar.set_postfix(loss=f"{record['train_loss']:.4f}", lr=f"{record['lr']:.2e}", chars_s=f"{chars_per_s:,.0f}")
+        if run.log is not None:
+            run.log.write({**record, "chars_per_s": chars_per_s})
+
+
+def _patience_ran_out(cfg: TrainConfig, state: LoopState) -> bool:
+    """Early stopping: `cfg.patience` evaluations in a row without improvement (says so when it stops)."""
+    if cfg.patience is not None and state.evals_since_best >= cfg.patience:
+        tqdm.write(f"early stop: no improvement in {cfg.patience} evaluations")
+        return True
+    return False
+
+
 def _summary(state: LoopState, metric: str, last_eval: dict, stopped_early: bool) -> dict:
     return {"steps": state.step, "chars_seen": state.chars_seen, "train_seconds": round(state.train_seconds, 3),
             "wall_seconds": round(state.wall_seconds, 2), f"best_{metric}": state.best,
             "skipped_steps": state.bad_steps, "stopped_early": stopped_early, "last_eval": last_eval}
 
 
-def fit(
-    model: torch.nn.Module,
-    objective: Objective,
-    cfg: TrainConfig,
-    out_dir: str | Path,
-    checkpoints: Checkpointer,
-    *,
-    resume: bool = False,
-    lr_scale: dict[str, float] | None = None,
-    desc: str = "train",
-    dist_info: DistInfo = DistInfo(),
-    after_step: Callable[[int], None] | None = None,
-) -> dict:
+def fit(model: torch.nn.Module, objective: Objective, cfg: TrainConfig, out_dir: str | Path, checkpoints: Checkpointer,
+        *, resume: bool = False, lr_scale: dict[str, float] | None = None, desc: str = "train",
+        dist_info: DistInfo = DistInfo(), after_step: Callable[[int], None] | None = None) -> dict:
     """Train `model` on `objective` for `cfg.max_steps` optimizer steps (or until early stopping).
 
     Evaluates every `eval_interval` steps and at the end (evaluation time counts in wall_seconds); writes
@@ -334,42 +342,31 @@ def fit(
     state = _restore(run, out_dir / "last") if resume else LoopState()
     if dist_info.is_main:
         run.log = RunLog(out_dir, title=desc, resume_step=state.step if resume else None, tensorboard=cfg.tensorboard)
-    log = run.log
     model.train()
     last_eval, stopped_early = {}, False
     bar = tqdm(total=cfg.max_steps, initial=state.step, desc=desc, dynamic_ncols=True, mininterval=1.0,
                disable=not dist_info.is_main)
     try:
         while state.step < cfg.max_steps and not stopped_early:
-            # one optimizer step, then its record (evaluation excluded from the step's time)
-            t0 = time.perf_counter()
+            t0 = time.perf_counter()  # one optimizer step and its record; evaluation excluded
             record = _train_step(run, state)
-            chars_per_s = record.pop("chars") / (time.perf_counter() - t0)
-            bar.update(1)
-            if state.step % cfg.log_interval == 0 or state.step == cfg.max_steps:
-                bar.set_postfix(loss=f"{record['train_loss']:.4f}", lr=f"{record['lr']:.2e}", chars_s=f"{chars_per_s:,.0f}")
-                if log is not None:
-                    log.write({**record, "chars_per_s": chars_per_s})
+            _log_step(run, bar, record, chars_per_s=record.pop("chars") / (time.perf_counter() - t0))
             step_seconds = time.perf_counter() - t0
-            state.train_seconds += step_seconds
-            state.wall_seconds += step_seconds
-            # evaluation, checkpoints, early stopping
+            state.train_seconds, state.wall_seconds = state.train_seconds + step_seconds, state.wall_seconds + step_seconds
             if state.step % cfg.eval_interval == 0 or state.step == cfg.max_steps:
-                t_eval = time.perf_counter()
+                t0 = time.perf_counter()  # evaluation (and the best checkpoint) counts in wall_seconds only
                 last_eval, improved = _evaluate(run, state)
                 if improved:
                     _save_best(run)
-                state.wall_seconds += time.perf_counter() - t_eval
+                state.wall_seconds += time.perf_counter() - t0
                 _save_last(run, state)
-                if cfg.patience is not None and state.evals_since_best >= cfg.patience:
-                    tqdm.write(f"early stop: no improvement in {cfg.patience} evaluations")
-                    stopped_early = True
+                stopped_early = _patience_ran_out(cfg, state)
     except KeyboardInterrupt:
         bar.close()
         _save_last(run, state)
         raise CharformerError(f"interrupted at step {state.step}; saved {out_dir / 'last'}: continue with --resume") from None
     finally:
-        if log is not None:
-            log.close()
+        if run.log is not None:
+            run.log.close()
     bar.close()
     return _summary(state, objective.metric, last_eval, stopped_early)

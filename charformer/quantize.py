@@ -92,9 +92,8 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 def fuse_for_inference(model: nn.Module) -> nn.Module:
     """Stack the q/k/v projections of every attention layer of `model` into one (`SelfAttention.fuse_qkv`), in
     place; returns it. The same products, one matmul instead of three: the prediction tools do it for every
-    precision, before `quantize_int8` for int8, where it matters most (on this CPU an int8 layer at a batch of 8
-    sentences costs about the same for 3C outputs as for C: its time is the fixed cost of quantizing the input
-    and calling oneDNN). A model fused this way is for inference: it no longer has q/k/v_proj to adapt or train."""
+    precision, before `quantize_int8` for int8, where it matters most (at small batches an int8 layer costs about
+    the same for 3C outputs as for C: its time is the fixed cost of quantizing the input and calling oneDNN). A model fused this way is for inference: it no longer has q/k/v_proj to adapt or train."""
     for module in model.modules():
         if isinstance(module, SelfAttention):
             module.fuse_qkv()

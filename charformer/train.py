@@ -207,9 +207,9 @@ def _restore(run: _Run, path: Path) -> LoopState:
     return LoopState(**saved["loop"])
 
 
-def _train_step(run: _Run, state: LoopState) -> dict:
-    """One optimizer step over `grad_accum` micro-batches (skipped if the loss or gradients are not finite);
-    returns its metrics.jsonl record, less the rate."""
+def _train_step(run: _Run, state: LoopState) -> tuple[dict, int]:
+    """One optimizer step over `grad_accum` micro-batches (skipped if the loss or gradients are not finite).
+    Returns its metrics.jsonl record (step, train_loss in nats, lr) and the characters it read, all ranks'."""
     cfg, info = run.cfg, run.dist_info
     lr = lr_at(state.step, cfg)
     for group in run.opt.param_groups:
@@ -242,7 +242,7 @@ def _train_step(run: _Run, state: LoopState) -> dict:
     run.opt.zero_grad(set_to_none=True)
     state.step += 1
     state.chars_seen += chars
-    return {"step": state.step, "train_loss": total_loss, "lr": lr, "chars": chars}
+    return {"step": state.step, "train_loss": total_loss, "lr": lr}, chars
 
 
 def _evaluate(run: _Run, state: LoopState) -> tuple[dict, bool]:
@@ -349,8 +349,8 @@ def fit(model: torch.nn.Module, objective: Objective, cfg: TrainConfig, out_dir:
     try:
         while state.step < cfg.max_steps and not stopped_early:
             t0 = time.perf_counter()  # one optimizer step and its record; evaluation excluded
-            record = _train_step(run, state)
-            _log_step(run, bar, record, chars_per_s=record.pop("chars") / (time.perf_counter() - t0))
+            record, chars = _train_step(run, state)
+            _log_step(run, bar, record, chars_per_s=chars / (time.perf_counter() - t0))
             step_seconds = time.perf_counter() - t0
             state.train_seconds, state.wall_seconds = state.train_seconds + step_seconds, state.wall_seconds + step_seconds
             if state.step % cfg.eval_interval == 0 or state.step == cfg.max_steps:

@@ -108,7 +108,7 @@ def plot_curves(records: list[dict], png_path: str | Path, title: str = "", fina
     panels = {"loss": axes[0, 0], **dict(zip(others, axes[0, 1:]))}
     for k, (xs, ys) in {**losses, **others}.items():
         ax = panels["loss" if k in losses else k]
-        ax.plot(xs, ys, label=_label(k, chars),
+        ax.plot(xs, ys, label=_label(k, chars, final or {}),
                 marker="o" if len(xs) < 30 or k not in losses else None, markersize=3)
     last_step = max((xs[-1] for xs, _ in series.values()), default=0)
     for k, value in (final or {}).items():
@@ -122,7 +122,7 @@ def plot_curves(records: list[dict], png_path: str | Path, title: str = "", fina
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         if k != "loss":
-            ax.set_title(_label(k, chars), fontsize=9)
+            ax.set_title(_label(k, chars, final or {}), fontsize=9)
         if k == "loss" or len(ax.get_lines()) > 1:
             ax.legend(fontsize=8)
     if title:
@@ -133,9 +133,13 @@ def plot_curves(records: list[dict], png_path: str | Path, title: str = "", fina
     return {k: [line.get_label() for line in ax.get_lines()] for k, ax in panels.items()}
 
 
-def _label(key: str, chars: dict[str, int]) -> str:
-    """`key`, and for a periodic validation series the size of the sample each evaluation scored."""
+def _label(key: str, chars: dict[str, int], final: dict) -> str:
+    """`key`, and for a periodic validation series the size of the sample each evaluation scored: a subset
+    estimate unless the final whole-split figure scored no more."""
     prefix = key.split("_")[0]
-    if prefix in chars:
-        return f"{key} (periodic estimate on {chars[prefix]:,} chars)"
-    return key
+    if prefix not in chars:
+        return key
+    whole = final.get(f"{prefix}_chars")
+    if whole is not None and whole <= chars[prefix]:
+        return f"{key} (periodic, on all {chars[prefix]:,} chars)"
+    return f"{key} (periodic estimate on {chars[prefix]:,} chars)"

@@ -103,6 +103,9 @@ def test_curves_drop_constant_panels_and_label_the_subset_estimate(tmp_path):
         "val_bpc": ["val_bpc (periodic estimate on 2,560 chars)", "val_bpc, whole split after training (14,000 chars)"],
     }
     assert (tmp_path / "c.png").stat().st_size > 1000
+    # when the periodic evaluation already scored the whole split, it is not called an estimate
+    whole = plot_curves(records, tmp_path / "d.png", final={"val_loss": 3.0, "val_chars": 2560})
+    assert whole["loss"][1] == "val_loss (periodic, on all 2,560 chars)"
 
 
 def test_tensorboard_events_hold_the_metrics_jsonl_records(tmp_path):

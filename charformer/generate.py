@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .model import CharTransformer, KVCache
+from .model import CharTransformer
 
 
 def filter_logits(logits: torch.Tensor, *, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -70,7 +70,7 @@ def generate(
         else:
             if cache is None or cache.length >= block:
                 # First step, or the cache is full: (re)fill it with the last block_size characters.
-                cache = KVCache(model.cfg, idx.shape[0], block, idx.device, model.tok_emb.weight.dtype)
+                cache = model.new_cache(idx.shape[0], block)
                 logits = model(idx[:, -block:], cache=cache)[:, -1]
             else:
                 logits = model(idx[:, -1:], cache=cache)[:, -1]

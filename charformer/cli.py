@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import tomllib
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 from .errors import CharformerError
 
@@ -59,16 +59,20 @@ def build_dataclass(cls, args: argparse.Namespace, **overrides):
 
 def add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (), group: str | None = None) -> None:
     """Add one ``--field-name`` option per field of dataclass `cls` (type from its default), default None. A
-    field's ``metadata["help"]``, if any, is its help text. A boolean option given alone means true."""
+    field's ``metadata["help"]``, if any, is its help text. A boolean option given alone means true; a list
+    field (``list[int]``, default from a ``default_factory``) takes one or more values."""
     target = parser.add_argument_group(group) if group else parser
+    hints = get_type_hints(cls)
     for f in fields(cls):
         if f.name in skip:
             continue
-        default = f.default
+        default = f.default if f.default_factory is MISSING else f.default_factory()
         flag = "--" + f.name.replace("_", "-")
         text = f"{f.metadata['help']} (default: {default!r})" if "help" in f.metadata else f"(default: {default})"
         if isinstance(default, bool):
             target.add_argument(flag, type=_parse_bool, nargs="?", const=True, default=None, metavar="BOOL", help=text)
+        elif isinstance(default, list):
+            target.add_argument(flag, type=get_args(hints[f.name])[0], nargs="+", default=None, help=text)
         else:
             kind = {"int": int, "float": float, "str": str}.get(type(default).__name__, _int_or_none)
             target.add_argument(flag, type=kind, default=None, help=text)

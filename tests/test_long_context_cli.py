@@ -1,0 +1,34 @@
+"""pretrain.py with the long-context options (--shorten, --shorten-layers, --window, --attn-impl local): saved in
+config.json, rebuilt by load_checkpoint, resumed, and given through a TOML config as well as flags."""
+
+import json
+
+import torch
+
+import pretrain
+from charformer import load_checkpoint
+
+OPTIONS = ["--n-layers", "4", "--n-heads", "2", "--d-model", "32", "--block-size", "24", "--batch-size", "4",
+           "--device", "cpu", "--log-interval", "1", "--warmup-steps", "2", "--eval-interval", "3",
+           "--shorten", "2", "--shorten-layers", "1", "2", "1", "--window", "8", "--attn-impl", "local"]
+
+
+def test_pretrain_saves_and_reloads_a_windowed_hourglass(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"第{i}行：春眠不觉晓，处处闻啼鸟。\n" for i in range(60)), encoding="utf-8")
+    out = tmp_path / "run"
+    assert pretrain.main(["--data", str(corpus), "--out", str(out), "--max-steps", "3", *OPTIONS]) == 0
+    saved = json.loads((out / "best" / "config.json").read_text())["model"]
+    assert (saved["shorten"], saved["shorten_layers"], saved["window"], saved["attn_impl"]) == (2, [1, 2, 1], 8, "local")
+    model, vocab, _ = load_checkpoint(out / "best")
+    assert model.hourglass is not None and model.blocks[1].attn.window == 4  # ceil(8 / 2) groups in the middle
+    x = torch.tensor([vocab.encode("春眠不觉晓，处处闻啼鸟。")])
+    assert torch.isfinite(model(x)).all()
+
+    # The same options from a TOML file, continuing the run: resuming checks the model options match.
+    config = tmp_path / "long.toml"
+    config.write_text("shorten = 2\nshorten_layers = [1, 2, 1]\nwindow = 8\nattn_impl = \"local\"\n")
+    flags = OPTIONS[: OPTIONS.index("--shorten")]
+    assert pretrain.main(["--config", str(config), "--data", str(corpus), "--out", str(out), "--max-steps", "5",
+                          "--resume", *flags]) == 0
+    assert json.loads((out / "results.json").read_text())["steps"] == 5

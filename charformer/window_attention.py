@@ -89,7 +89,7 @@ def flex_window_attention(q, k, v, *, causal: bool, window: int | None, key_leng
     """The mask of `kernels.reference` as a FlexAttention block mask (window may be None: full attention).
     Shapes as `local_attention`. Raises ValueError when a gradient would be needed on the CPU (torch has no CPU
     backward for FlexAttention)."""
-    from torch.nn.attention.flex_attention import AuxRequest, create_block_mask
+    from torch.nn.attention.flex_attention import create_block_mask
 
     if q.device.type == "cpu" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         raise ValueError("attn_impl='flex' has no backward pass on the CPU in this torch; "
@@ -109,7 +109,11 @@ def flex_window_attention(q, k, v, *, causal: bool, window: int | None, key_leng
         return ok
 
     block_mask = create_block_mask(visible, B if lengths is not None else None, None, tq, tk, device=q.device)
-    out, aux = _compiled_flex()(q, k, v, block_mask=block_mask, return_aux=AuxRequest(lse=True))
-    lse = aux.lse  # (B, H, Tq)
-    # Rows with no visible key: FlexAttention gives lse = -inf and a zero output already; make sure of the zero.
-    return out.masked_fill(torch.isneginf(lse)[..., None], 0.0)
+    out = _compiled_flex()(q, k, v, block_mask=block_mask)
+    if lengths is None:
+        return out
+    # The only rows with no visible key are those at or past their sequence's length (every other query sees at
+    # least itself); the reference outputs zeros there. (Compiled FlexAttention on the CPU cannot return the lse
+    # that would tell them apart.)
+    query_ok = torch.arange(tq, device=q.device)[None, :] + offset < lengths[:, None]  # (B, Tq)
+    return out.masked_fill(~query_ok[:, None, :, None], 0.0)

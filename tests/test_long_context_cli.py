@@ -2,11 +2,16 @@
 config.json, rebuilt by load_checkpoint, resumed, and given through a TOML config as well as flags."""
 
 import json
+from pathlib import Path
 
+import pytest
 import torch
 
 import pretrain
-from charformer import load_checkpoint
+from charformer import CharTransformer, ModelConfig, load_checkpoint
+from charformer.cli import build_dataclass, parse_with_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 OPTIONS = ["--n-layers", "4", "--n-heads", "2", "--d-model", "32", "--block-size", "24", "--batch-size", "4",
            "--device", "cpu", "--log-interval", "1", "--warmup-steps", "2", "--eval-interval", "3",
@@ -32,3 +37,13 @@ def test_pretrain_saves_and_reloads_a_windowed_hourglass(tmp_path):
     assert pretrain.main(["--config", str(config), "--data", str(corpus), "--out", str(out), "--max-steps", "5",
                           "--resume", *flags]) == 0
     assert json.loads((out / "results.json").read_text())["steps"] == 5
+
+
+@pytest.mark.parametrize("name", ["shakespeare_char_hourglass_cpu", "zh_novels_long_cpu"])
+def test_long_context_configs_build_their_models(name):
+    args = parse_with_config(pretrain.build_parser(), ["--config", str(ROOT / "configs" / f"{name}.toml")])
+    cfg = build_dataclass(ModelConfig, args, vocab_size=100)
+    model = CharTransformer(cfg)
+    assert cfg.shorten > 1 and model.hourglass is not None
+    x = torch.randint(0, 100, (1, 37))
+    assert model(x).shape == (1, 37, 100)

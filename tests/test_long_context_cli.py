@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import finetune
 import pretrain
 from charformer import CharTransformer, ModelConfig, load_checkpoint
 from charformer.cli import build_dataclass, parse_with_config
@@ -47,3 +48,19 @@ def test_long_context_configs_build_their_models(name):
     assert cfg.shorten > 1 and model.hourglass is not None
     x = torch.randint(0, 100, (1, 37))
     assert model(x).shape == (1, 37, 100)
+
+
+def test_finetune_trains_a_downsampled_gbst_encoder_from_scratch(tmp_path):
+    words = ["中国", "人民", "站", "起来", "了", "我们", "北京", "天安门", "，", "。"]
+    lines = [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(3 + i % 6)) for i in range(40)]
+    data = tmp_path / "cws.txt"
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "cws"
+    assert finetune.main(["--task", "cws", "--train", str(data), "--dev", str(data), "--test", str(data), "--init",
+                          "scratch", "--out", str(out), "--n-layers", "2", "--n-heads", "2", "--d-model", "32",
+                          "--block-size", "16", "--batch-size", "8", "--device", "cpu", "--max-steps", "5",
+                          "--shorten", "2", "--shorten-layers", "1", "1", "0", "--shorten-pool", "gbst"]) == 0
+    saved = json.loads((out / "best" / "config.json").read_text())["model"]
+    assert (saved["causal"], saved["shorten"], saved["shorten_pool"]) == (False, 2, "gbst")
+    results = json.loads((out / "results.json").read_text())
+    assert results["test_after"]["f1"] > results["test_before"]["f1"]  # 5 steps on 40 repetitive sentences

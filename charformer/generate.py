@@ -1,7 +1,8 @@
 """Autoregressive sampling from a causal `CharTransformer`, with a KV cache.
 
-Each step feeds only the newest character and reuses the keys/values of earlier ones (`KVCache`), so a step
-costs O(T) instead of re-running the whole context. The cache covers `block_size` positions; once the context
+Each step feeds only the newest character and reuses the keys/values of earlier ones (`KVCache`; for an
+hourglass model an `HourglassCache`, whose shortened layers hold one entry per group of K characters; both from
+`CharTransformer.new_cache`), so a step costs O(T) instead of re-running the whole context. The cache covers `block_size` positions; once the context
 is longer, the model sees a sliding window of the last `block_size` characters, which cached decoding must
 recompute (the hidden states of every kept character change when the oldest one leaves). Cached and uncached
 decoding therefore compute the same logits at every step (`tests/test_generate.py`).

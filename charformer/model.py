@@ -5,7 +5,9 @@ LLaMA-style models: rotary position embeddings (RoPE, Su et al. 2021) instead of
 (Zhang & Sennrich 2019) as the default normalisation, and no biases. ``causal=True`` gives a language model
 for generation; ``causal=False`` gives a bidirectional encoder (BERT-style, Devlin et al. 2019) for masked-LM
 pretraining, tagging and classification. The vocabulary is characters (`charformer.vocab`), so the embedding
-table is small and the sequences are long: attention cost is what the kernels in `kernels/` are for.
+table is small and the sequences are long: attention cost is what the kernels in `kernels/` are for, and what
+two options cut: a sliding `window` (computed blockwise by ``attn_impl="local"``, `charformer.window_attention`)
+and an hourglass (``shorten`` > 1: the middle layers run over groups of K characters, `charformer.hourglass`).
 
 Shapes: B batch, T sequence length (characters), C = d_model, H = n_heads, D = C / H head dim, V vocab size.
 """

@@ -38,6 +38,11 @@ def _key_blocks(x: torch.Tensor, w: int, n_blocks: int, first: int, span: int) -
     return torch.cat([blocks[:, :, first + j : first + j + nq] for j in range(span)], dim=3)
 
 
+def _fold(x: torch.Tensor) -> torch.Tensor:
+    """``(B, H, nq, L, D)`` -> ``(B*nq, H, L, D)``: query blocks into the batch dimension."""
+    return x.transpose(1, 2).flatten(0, 1)
+
+
 def local_attention(q, k, v, *, causal: bool, window: int, key_lengths: torch.Tensor | None = None) -> torch.Tensor:
     """Exact sliding-window attention, blocked (see module docstring). q ``(B, H, Tq, D)``, k/v ``(B, H, Tk, D)``,
     Tq <= Tk, window >= 1, key_lengths ``(B,)`` int or None. Returns ``(B, H, Tq, D)`` in q's dtype, equal to
@@ -69,10 +74,12 @@ def local_attention(q, k, v, *, causal: bool, window: int, key_lengths: torch.Te
     # As in the SDPA path: a row with no visible key attends to everything (no 0/0), and is zeroed afterwards.
     mask = (mask | ~has_key)[:, None]  # (B, 1, nq, W, span*W)
 
-    scores = (qb @ kb.transpose(-2, -1)) * D**-0.5  # (B, H, nq, W, span*W)
-    probs = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
-    out = (probs @ vb).masked_fill(~has_key[:, None], 0.0)  # (B, H, nq, W, D)
-    return out.view(B, H, nq * w, D)[:, :, lead : lead + tq]
+    # Each query block is an independent attention problem: fold the blocks into the batch, (B*nq, H, ., D), and
+    # let SDPA's fused CPU/GPU kernels do it (about 3x faster than softmax(q k^T) v written out on this CPU, and
+    # they keep no (W, span*W) probabilities for the backward pass).
+    out = F.scaled_dot_product_attention(_fold(qb), _fold(kb), _fold(vb), attn_mask=_fold(mask))  # (B*nq, H, W, D)
+    out = out.unflatten(0, (B, nq)).transpose(1, 2).masked_fill(~has_key[:, None], 0.0)  # (B, H, nq, W, D)
+    return out.reshape(B, H, nq * w, D)[:, :, lead : lead + tq]
 
 
 FLEX_COMPILE = os.environ.get("CHARFORMER_FLEX_COMPILE", "1") != "0"

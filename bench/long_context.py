@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from charformer.cli import load_toml  # noqa: E402
 from charformer.model import CharTransformer, ModelConfig  # noqa: E402
 
-CPU_CONFIG = ROOT / "configs" / "shakespeare_char_cpu.toml"
+CPU_CONFIG = "configs/shakespeare_char_cpu.toml"  # paths relative to the repository root, where commands run
 # Hourglass variants of the 4-layer CPU shape: [pre, mid, post] layers, shortening factor K.
 HOURGLASS = {
     "plain": {},
@@ -64,7 +64,7 @@ KINDS = {
 
 def cpu_shape() -> dict:
     """The model and batch of configs/shakespeare_char_cpu.toml."""
-    cfg = load_toml(CPU_CONFIG)
+    cfg = load_toml(ROOT / CPU_CONFIG)
     return {k: cfg[k] for k in ("n_layers", "n_heads", "d_model", "block_size", "norm", "batch_size")}
 
 
@@ -123,12 +123,13 @@ def budget(args, out: Path) -> dict:
     rows = {}
     for name in args.variants:
         steps = int(base_steps * measured[name]["ratio_to_plain_median"])
-        run = out / "long_context_budget" / name.replace(" ", "_").replace("[", "").replace("]", "").replace(",", "-")
-        cmd = [sys.executable, str(ROOT / "pretrain.py"), "--config", str(CPU_CONFIG), "--out", str(run), "--overwrite",
+        slug = "".join("-" if c in " ," else c for c in name if c not in "[]")  # "K3 [1,2,1]" -> "K3-1-2-1"
+        run = Path(os.path.relpath(out, ROOT)) / "long_context_budget" / slug
+        cmd = [sys.executable, "pretrain.py", "--config", CPU_CONFIG, "--out", str(run), "--overwrite",
                "--max-steps", str(steps), "--eval-interval", str(max(steps // 4, 1)), *flags(HOURGLASS[name])]
         print("$", shlex.join(cmd), flush=True)
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-        res = json.loads((run / "results.json").read_text())
+        res = json.loads((ROOT / run / "results.json").read_text())
         rows[name] = {k: res[k] for k in ("val_loss", "val_bpc", "steps", "chars_seen", "train_seconds", "wall_seconds")}
         rows[name]["command"] = shlex.join(cmd[1:])
         print(f"{name:>12}: {steps} steps, val {res['val_bpc']:.4f} bits/char, {res['train_seconds']:.0f} s training")
@@ -179,9 +180,10 @@ def child(argv: list[str]) -> None:
 
 def memory(args, out: Path) -> dict:
     rows = {}
-    data = [str(p) for p in args.data]
+    data = [os.path.relpath(p, ROOT) for p in args.data]
     for t in args.lengths:
-        argv = ["pretrain", "--config", str(CPU_CONFIG), "--data", *data, "--out", str(out / "long_context_memory" / str(t)),
+        run = Path(os.path.relpath(out, ROOT)) / "long_context_memory" / str(t)
+        argv = ["pretrain", "--config", CPU_CONFIG, "--data", *data, "--out", str(run),
                 "--overwrite", "--block-size", str(t), "--window", str(args.window), "--attn-impl", "local",
                 "--batch-size", "1", "--max-steps", str(args.steps), "--eval-interval", str(args.steps),
                 "--eval-batches", "1", "--sample-chars", "20", "--warmup-steps", "1"]

@@ -131,7 +131,7 @@ def budget(args, out: Path) -> dict:
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         res = json.loads((ROOT / run / "results.json").read_text())
         rows[name] = {k: res[k] for k in ("val_loss", "val_bpc", "steps", "chars_seen", "train_seconds", "wall_seconds")}
-        rows[name]["command"] = shlex.join(cmd[1:])
+        rows[name]["command"] = "python " + shlex.join(cmd[1:])
         print(f"{name:>12}: {steps} steps, val {res['val_bpc']:.4f} bits/char, {res['train_seconds']:.0f} s training")
     return {"seconds": args.seconds, "plain_steps_per_s": plain_steps_per_s, "rows": rows}
 

@@ -96,15 +96,31 @@ def flex_window_attention(q, k, v, *, causal: bool, window: int | None, key_leng
     """The mask of `kernels.reference` as a FlexAttention block mask (window may be None: full attention).
     Shapes as `local_attention`. Raises ValueError when a gradient would be needed on the CPU (torch has no CPU
     backward for FlexAttention)."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
     if q.device.type == "cpu" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         raise ValueError("attn_impl='flex' has no backward pass on the CPU in this torch; "
                          "train with attn_impl='local' (or run flex under torch.no_grad())")
     B, H, tq, D = q.shape
     tk = k.shape[2]
+    if key_lengths is None:
+        block_mask = _shared_block_mask(tq, tk, causal, window, q.device)
+    else:
+        lengths = key_lengths.to(q.device).clamp(max=tk)
+        block_mask = _block_mask(tq, tk, causal, window, q.device, lengths)
+    out = _compiled_flex()(q, k, v, block_mask=block_mask)
+    if key_lengths is None:
+        return out
+    # The only rows with no visible key are those at or past their sequence's length (every other query sees at
+    # least itself); the reference outputs zeros there. (Compiled FlexAttention on the CPU cannot return the lse
+    # that would tell them apart.)
+    query_ok = torch.arange(tq, device=q.device)[None, :] + (tk - tq) < lengths[:, None]  # (B, Tq)
+    return out.masked_fill(~query_ok[:, None, :, None], 0.0)
+
+
+def _block_mask(tq: int, tk: int, causal: bool, window: int | None, device, lengths: torch.Tensor | None):
+    """The FlexAttention BlockMask of `kernels.reference`'s mask; lengths ``(B,)`` or None (one mask for all)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
     offset = tk - tq
-    lengths = None if key_lengths is None else key_lengths.to(q.device).clamp(max=tk)
 
     def visible(b, h, qi, kj):
         p = qi + offset
@@ -115,12 +131,12 @@ def flex_window_attention(q, k, v, *, causal: bool, window: int | None, key_leng
             ok = ok & (kj < lengths[b]) & (p < lengths[b])
         return ok
 
-    block_mask = create_block_mask(visible, B if lengths is not None else None, None, tq, tk, device=q.device)
-    out = _compiled_flex()(q, k, v, block_mask=block_mask)
-    if lengths is None:
-        return out
-    # The only rows with no visible key are those at or past their sequence's length (every other query sees at
-    # least itself); the reference outputs zeros there. (Compiled FlexAttention on the CPU cannot return the lse
-    # that would tell them apart.)
-    query_ok = torch.arange(tq, device=q.device)[None, :] + offset < lengths[:, None]  # (B, Tq)
-    return out.masked_fill(~query_ok[:, None, :, None], 0.0)
+    batch = None if lengths is None else lengths.shape[0]
+    return create_block_mask(visible, batch, None, tq, tk, device=device, _compile=FLEX_COMPILE)
+
+
+@functools.lru_cache(maxsize=16)
+def _shared_block_mask(tq: int, tk: int, causal: bool, window: int | None, device):
+    """`_block_mask` without lengths, built once per shape: every layer and step of a model shares it (building
+    one evaluates the mask over all Tq x Tk pairs)."""
+    return _block_mask(tq, tk, causal, window, device, None)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import tomllib
-from dataclasses import field, fields
+from dataclasses import MISSING, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 from .errors import CharformerError
 
@@ -77,18 +77,18 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls, skip: tuple[str,
     that a given option can be told from one not given. Help text: the field's ``metadata["help"]``, else
     ``helps[name]``. A boolean option given alone means true; a list field takes one or more values."""
     target = parser.add_argument_group(group) if group else parser
+    hints = get_type_hints(cls)
     for f in fields(cls):
         if f.name in skip:
             continue
-        default = f.default_factory() if callable(f.default_factory) else f.default
+        default = f.default if f.default_factory is MISSING else f.default_factory()
         flag = "--" + f.name.replace("_", "-")
         text = f.metadata.get("help") or (helps or {}).get(f.name, "")
         text = f"{text} (default: {default!r})"
         if isinstance(default, bool):
             target.add_argument(flag, type=_parse_bool, nargs="?", const=True, default=None, metavar="BOOL", help=text)
         elif isinstance(default, list):
-            kind = type(default[0]) if default else int
-            target.add_argument(flag, type=kind, nargs="+", default=None, help=text)
+            target.add_argument(flag, type=get_args(hints[f.name])[0], nargs="+", default=None, help=text)
         else:
             kind = {"int": int, "float": float, "str": str}.get(type(default).__name__, _int_or_none)
             target.add_argument(flag, type=kind, default=None, help=text)

@@ -13,6 +13,8 @@ import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# FlexAttention through torch.compile takes ~30 s per shape on a CPU; its unfused eager path computes the same.
+os.environ.setdefault("CHARFORMER_FLEX_COMPILE", "0")
 
 
 @pytest.fixture

@@ -37,10 +37,17 @@ MODEL_HELP = {
     "dropout": "dropout probability on attention weights and residual branches while training",
     "causal": "true: each character sees only those before it (a language model); false: the whole block "
               "(an encoder)",
-    "attn_impl": "attention implementation: auto, sdpa, naive, fused_softmax or triton (charformer.attention)",
+    "attn_impl": "attention implementation: auto, sdpa, naive, fused_softmax, triton, local (blockwise sliding "
+                 "window, O(T x window)) or flex (FlexAttention) (charformer.attention)",
     "norm": "normalisation: rmsnorm or layernorm",
     "rope_base": "base of the rotary position angles (larger: slower rotation, longer wavelengths)",
     "window": "sliding-window attention: keys within this many characters back (None: the whole block)",
+    "shorten": "hourglass shortening factor K: the middle layers run over ceil(T / K) positions (1: a plain model)",
+    "shorten_layers": "hourglass layer split as three counts: full-resolution, shortened, full-resolution layers "
+                      "(summing to n_layers)",
+    "shorten_pool": "how K characters become one position: mean, linear or gbst (bidirectional models only)",
+    "shorten_upsample": "how a shortened position becomes K again: repeat or linear",
+    "gbst_blocks": "gbst pooling: candidate block sizes 1..gbst_blocks characters",
 }
 
 RUN_FILES = ("last", "best", "last.old", "best.old", "metrics.jsonl", "curves.png", "results.json", "tensorboard")

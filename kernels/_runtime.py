@@ -8,6 +8,10 @@ Both kernel modules use the two helpers below, so the rules live in one place:
   test runs compile a third as many kernels (``bench/gpu_check.sh`` uses it for the tests).
 * ``check_device``: a CPU tensor can only be handled by the interpreter; say so instead of failing deep inside
   Triton.
+* ``_interpreter_scalar_fix``: Triton 3.6's interpreter holds every scalar as a 1-element numpy array and turns
+  it into a loop bound with ``int(array)``, which numpy >= 2.4 refuses ("only 0-dimensional arrays can be
+  converted to Python scalars"), so any ``range`` with a runtime bound fails there. Later Triton squeezes the
+  array first; the fix below does the same for older ones, and only under the interpreter.
 """
 
 from __future__ import annotations
@@ -18,6 +22,23 @@ import torch
 import triton
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # read once, as the @triton.jit decorators do
+
+
+def _interpreter_scalar_fix() -> None:
+    """Make the interpreter's ``tensor.__index__`` accept 1-element arrays (a no-op where Triton already does)."""
+    from triton.runtime import interpreter
+
+    patch = interpreter._patch_lang_tensor  # sets tl.tensor's dunder methods while a kernel runs
+
+    def patched(tensor, scope):
+        patch(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    interpreter._patch_lang_tensor = patched
+
+
+if INTERPRET:
+    _interpreter_scalar_fix()
 
 
 def autotune_configs(gpu: list[triton.Config], interpreter: triton.Config) -> list[triton.Config]:

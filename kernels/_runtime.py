@@ -3,9 +3,11 @@
 Both kernel modules use the two helpers below, so the rules live in one place:
 
 * ``autotune_configs``: autotuning benchmarks every config through the GPU driver, which the interpreter does
-  not have, so off-GPU the autotuner gets exactly one config (with one config it never benchmarks). On a GPU,
-  ``KERNELS_AUTOTUNE=0`` does the same with the last (smallest) GPU config, which fits every dtype and head dim:
-  test runs compile a third as many kernels (``bench/gpu_check.sh`` uses it for the tests).
+  not have, so off-GPU the autotuner gets exactly one config (with one config it never benchmarks). On a GPU the
+  environment variable ``KERNELS_AUTOTUNE`` chooses: ``1`` (default) the kernel's short list of default configs,
+  ``0`` only the last of them (small enough for every dtype and head dim: tests compile a fraction of the
+  kernels), ``full`` the whole search space (minus what the kernel's pruning rejects; compiling it takes
+  minutes).
 * ``check_device``: a CPU tensor can only be handled by the interpreter; say so instead of failing deep inside
   Triton.
 * ``_interpreter_scalar_fix``: Triton 3.6's interpreter holds every scalar as a 1-element numpy array and turns
@@ -41,11 +43,15 @@ if INTERPRET:
     _interpreter_scalar_fix()
 
 
-def autotune_configs(gpu: list[triton.Config], interpreter: triton.Config) -> list[triton.Config]:
-    """The GPU configs on a CUDA machine (only the last with KERNELS_AUTOTUNE=0), else the interpreter config."""
+def autotune_configs(defaults: list[triton.Config], interpreter: triton.Config,
+                     space: list[triton.Config] | None = None) -> list[triton.Config]:
+    """The configs to autotune over here: see the module docstring. Raises ValueError on a bad KERNELS_AUTOTUNE."""
     if INTERPRET or not torch.cuda.is_available():
         return [interpreter]
-    return gpu[-1:] if os.environ.get("KERNELS_AUTOTUNE", "1") == "0" else gpu
+    choice = os.environ.get("KERNELS_AUTOTUNE", "1")
+    if choice not in ("0", "1", "full"):
+        raise ValueError(f"KERNELS_AUTOTUNE must be 0, 1 or full, got {choice!r}")
+    return {"0": defaults[-1:], "1": defaults, "full": space or defaults}[choice]
 
 
 def check_device(name: str, t: torch.Tensor) -> None:

@@ -93,12 +93,13 @@ def _configs(blocks, warps_stages) -> list[triton.Config]:
 
 # Defaults, for Ampere (sm80) and Hopper (sm90), fp16/bf16, head dim <= 128: the benchmark and the model autotune
 # over these (KERNELS_AUTOTUNE=1). The last of each list fits fp32 at D=128 on sm80 and is the only one with
-# KERNELS_AUTOTUNE=0. `python -m kernels.compile_check` compiles them all and fails on a spill in any of them.
-FWD_DEFAULTS = _configs([(128, 128), (128, 64), (64, 64), (64, 32)], [(8, 3), (8, 3), (4, 3), (4, 2)])
+# KERNELS_AUTOTUNE=0. `python -m kernels.compile_check` compiles them all and fails on a spill in any of them on
+# sm90 (bigger tiles, 128x128 in the forward and 64x128 in the backward, spilled there at D=128).
+FWD_DEFAULTS = _configs([(128, 64), (64, 64), (64, 32)], [(8, 3), (4, 3), (4, 2)])
 # Backward: each program holds BLOCK_N keys and walks the queries BLOCK_M rows at a time (and, when
 # deterministic, then holds BLOCK_N queries and walks the keys BLOCK_M at a time).
-BWD_DEFAULTS = _configs([(64, 128), (32, 128), (32, 64)], [(8, 2), (8, 3), (4, 1)])
-# The Triton tutorial's search space (KERNELS_AUTOTUNE=full), cut by `_prune` to what fits on the GPU in use.
+BWD_DEFAULTS = _configs([(32, 128), (32, 64)], [(8, 2), (4, 1)])
+# The Triton tutorial's search space (KERNELS_AUTOTUNE=full), cut by `_prune_*` to what can fit on the GPU in use.
 FWD_SPACE = _configs(*zip(*itertools.product(itertools.product((64, 128), (32, 64, 128)),
                                              itertools.product((4, 8), (2, 3, 4, 5)))))
 BWD_SPACE = _configs(*zip(*itertools.product(itertools.product((32, 64), (64, 128)),
@@ -110,17 +111,18 @@ DELTA_BLOCK_M = 64
 # re-benchmark all configs at every step; the kernels get the lengths' next powers of two (tune_tq, tune_tk,
 # otherwise unused) so that lengths in the same octave share one tuning.
 _TUNE_KEY = ["tune_tq", "tune_tk", "HEAD_DIM", "CAUSAL", "HAS_WINDOW", "HAS_LENGTHS"]
-_REGISTERS_PER_THREAD = 160  # of 255: fp32 tiles above this leave too little for the rest, and spill
 
 
-def _fits(config: triton.Config, tile_elements: int, streamed: int, held: int, block_d: int, elsize: int,
-          shared_limit: int) -> bool:
+def _fits(config: triton.Config, fp32_tiles: int, register_budget: int, staged_rows: int, held_rows: int,
+          block_d: int, elsize: int, shared_limit: int) -> bool:
     """Can ``config`` run without spilling or overflowing shared memory? A cheap estimate, used only to cut the
-    search space before compiling: ``tile_elements`` fp32 values live in registers across the program's threads;
-    ``streamed`` rows of the head dim are buffered num_stages times in shared memory, ``held`` rows once."""
-    registers = tile_elements / (32 * config.num_warps)
-    shared = elsize * block_d * (held + config.num_stages * streamed)
-    return registers <= _REGISTERS_PER_THREAD and shared <= shared_limit
+    search space before compiling: ``fp32_tiles`` values live in registers, spread over the program's threads,
+    at most ``register_budget`` per thread (calibrated on the sm90 report of ``kernels.compile_check``: the
+    configs over it spilled); ``staged_rows`` rows of the head dim are buffered num_stages times in shared
+    memory, ``held_rows`` once."""
+    registers = fp32_tiles / (32 * config.num_warps)
+    shared = elsize * block_d * (held_rows + config.num_stages * staged_rows)
+    return registers <= register_budget and shared <= shared_limit
 
 
 def _shared_limit(tensor: torch.Tensor) -> int:
@@ -131,8 +133,8 @@ def _prune_fwd(configs, named_args, **kwargs):
     """Forward configs that fit: the (M, D) accumulator and (M, N) scores in registers, k and v tiles staged."""
     q, d = named_args["q_ptr"], kwargs["BLOCK_D"]
     limit = _shared_limit(q)
-    keep = [c for c in configs if _fits(c, c.kwargs["BLOCK_M"] * (d + c.kwargs["BLOCK_N"]), 2 * c.kwargs["BLOCK_N"],
-                                        c.kwargs["BLOCK_M"], d, q.element_size(), limit)]
+    keep = [c for c in configs if _fits(c, c.kwargs["BLOCK_M"] * (d + c.kwargs["BLOCK_N"]), 96,
+                                        2 * c.kwargs["BLOCK_N"], c.kwargs["BLOCK_M"], d, q.element_size(), limit)]
     return keep or configs[-1:]
 
 
@@ -140,7 +142,7 @@ def _prune_bwd(configs, named_args, **kwargs):
     """Backward configs that fit: dK, dV accumulators (N, D) and (N, M) score tiles in registers, q and dO staged."""
     q, d = named_args["q_ptr"], kwargs["BLOCK_D"]
     limit = _shared_limit(q)
-    keep = [c for c in configs if _fits(c, c.kwargs["BLOCK_N"] * (2 * d + 2 * c.kwargs["BLOCK_M"]),
+    keep = [c for c in configs if _fits(c, c.kwargs["BLOCK_N"] * (2 * d + 2 * c.kwargs["BLOCK_M"]), 160,
                                         2 * c.kwargs["BLOCK_M"], 2 * c.kwargs["BLOCK_N"], d, q.element_size(), limit)]
     return keep or configs[-1:]
 
@@ -174,7 +176,7 @@ def _store_tile(ptr, tile, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr):
 def _visible(pos_q, pos_k, length, window, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr):
     """Can query pos_q see key pos_k (``reference.visible_keys``), for real queries (pos_q < length)? Broadcasts:
     (M, 1) and (1, N) for a tile of scores, (1, M) and (N, 1) for the transposed tile of the backward."""
-    visible = pos_k < length
+    visible = (pos_k < length) & (pos_q >= 0)  # pos_q >= 0 always: it gives the mask its 2-D shape from the start
     if CAUSAL:
         visible &= pos_k <= pos_q
     if HAS_WINDOW:

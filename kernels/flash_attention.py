@@ -26,16 +26,21 @@ max m, a running sum l = Σ exp(s − m) and an unnormalised output acc = Σ exp
     m' = max(m, rowmax(s));   α = exp(m − m')        (≤ 1: how much the old terms shrink under the new max)
     l  ← α·l + rowsum(exp(s − m'));   acc ← α·acc + exp(s − m')·v;   m ← m'
 
-and at the end o = acc / l. Subtracting the running max keeps every exp() ≤ 1 (no overflow in fp16/fp32). FA2's
+and at the end o = acc / l. Subtracting the running max keeps every exp() <= 1 (no overflow in fp16/fp32). FA2's
 changes over FA1: the division by l happens once at the end, not per tile, and each program owns a query block
 so no two programs write the same output (no atomics). exp is computed as exp2 with log2(e) folded into the
-scale (one multiply per score, and exp2 is the native instruction).
+scale, and the scale is applied after the row max (max(s)·c = max(s·c) for c > 0), so each score costs one FMA,
+s·c − m, and one exp2 (Triton tutorial "Fused Attention").
 
 The program also saves lse = m + log(l) per row (natural log, fp32, B·H·Tq values): the log of the softmax
 denominator. That is all the backward needs to rebuild P exactly: P = exp(s − lse).
 
-Rows with no visible key (padding, length 0, windows) keep m = -inf, l = 0. They are computed with m = 0 in the
-exponent (so exp(-inf − 0) = 0 instead of exp(-inf + inf) = NaN) and write o = 0, lse = -inf.
+Rows with no visible key (padding, length 0) keep m = -inf, l = 0. Edge tiles compute them with m = 0 in the
+exponent (so exp(-inf − 0) = 0 instead of exp(-inf + inf) = NaN), and they write o = 0, lse = -inf.
+
+Causal query tiles are launched longest first (the last tile sees the most keys; FlashAttention-3's scheduler):
+launched last, as in grid order, the heavy tiles would run alone at the end. Tiles of one head stay adjacent in
+the launch order, so programs running together share their k and v tiles in L2.
 
 Backward
 --------
@@ -45,26 +50,39 @@ With dO given, S = scale·q kᵀ, P = softmax(S), O = P v:
     where Δ_i = Σ_j P_ij dP_ij = Σ_j P_ij (dO_i · v_j) = dO_i · O_i.
 
 * P is recomputed from q, k and the saved lse rather than stored: storing it is exactly the O(T²) memory the
-  forward avoided, and recomputing costs one extra matmul per tile.
+  forward avoided, and recomputing costs one extra matmul per tile. The saved lse is read in log2 units, so P is
+  exp2(s·c − lse₂): the scale rides in the same FMA as in the forward, and k needs no pre-scaled copy.
 * Δ is a per-row sum over *all* keys; computed inside a kernel that sees one key tile at a time it would need a
   cross-program reduction. The identity Δ_i = dO_i · O_i turns it into an O(T·D) preprocessing kernel.
-* dK, dV of a key block sum over query blocks, dQ of a query block sums over key blocks. FA2 splits them into two
-  kernels so that each program owns its outputs: the dK/dV kernel holds one key tile and walks the query tiles,
-  the dQ kernel holds one query tile and walks the key tiles (no atomics, deterministic, at the price of
-  computing q kᵀ and dO vᵀ twice).
+* dK, dV of a key block sum over query blocks, dQ of a query block sums over key blocks. One kernel does both.
+  Program i holds key tile i and walks the query tiles, accumulating dK and dV in registers. By default (FA2) each
+  step also adds its share of dQ, scale·dS k, into an fp32 dQ buffer with atomic adds: 5 matmuls and 1 exp per
+  score. The order of those adds varies between runs, so dQ is reproducible only to rounding;
+  ``deterministic=True`` instead has program i go on to hold query tile i and walk the key tiles for its dQ (as
+  the Triton tutorial does): no atomics, bitwise reproducible, at the price of computing q kᵀ, exp and dO vᵀ twice
+  (7 matmuls and 2 exps per score).
 
-Block skipping
---------------
+Block skipping and masking
+--------------------------
 Each loop runs only over the tiles that the mask can leave visible: with ``causal`` a query tile stops at its
 last query's diagonal (half the work), with ``window`` w it starts at its first query's position − w + 1 (and,
 bidirectional, stops w − 1 past its last), so a sliding-window pass costs ~T·w, not T²; with ``key_lengths`` it
-stops at the sequence length, and query tiles made only of padding do no work. Inside the visited tiles the
-exact element-wise mask of ``reference.visible_keys`` is applied, to every visited tile: skipping it on tiles that
-are wholly visible (the Triton tutorial splits its loop in two for that) saves a few integer ops per score and is
-left out until a GPU measurement shows that it pays.
+stops at the sequence length, and query tiles made only of padding do no work.
+
+The visited tiles are split three ways (``_key_ranges``, ``_query_ranges``), as the Triton tutorial splits its
+loop: the left window edge, then the tiles that every query of the program sees whole, then the diagonal, the
+right window edge, the ragged last tile and the key-length edge. Only the edge loops apply the element-wise mask
+of ``reference.visible_keys`` and bounds checks; the middle loop, most of the work at large T, has neither.
+Padding query rows (past their sequence's length) need no mask: the forward zeroes their output at the end, and
+in the backward their lse of -inf makes their P exactly 0.
+
+Not done: Hopper's tensor descriptors (TMA loads) and warp specialisation (Triton's
+``tl.range(..., warp_specialize=True)``). Both need a Triton-version check and a GPU to show they pay; the
+pointer path above is what runs everywhere.
 
 Sources: T. Dao, "FlashAttention-2: Faster Attention with Better Parallelism and Work Partitioning", 2023;
-T. Dao et al., "FlashAttention", 2022; Triton tutorials "Fused Softmax" and "Fused Attention" (background).
+T. Dao et al., "FlashAttention", 2022; J. Shah et al., "FlashAttention-3", 2024 (tile scheduling); Triton
+tutorial "Fused Attention" (loop split, FMA scaling, fused backward).
 """
 
 from __future__ import annotations
@@ -94,11 +112,12 @@ def _configs(blocks, warps_stages) -> list[triton.Config]:
 # Defaults, for Ampere (sm80) and Hopper (sm90), fp16/bf16, head dim <= 128: the benchmark and the model autotune
 # over these (KERNELS_AUTOTUNE=1). The last of each list fits fp32 at D=128 on sm80 and is the only one with
 # KERNELS_AUTOTUNE=0. `python -m kernels.compile_check` compiles them all and fails on a spill in any of them on
-# sm90 (bigger tiles, 128x128 in the forward and 64x128 in the backward, spilled there at D=128).
+# sm90 (bigger tiles, 128x128 in the forward and 64x128 in the backward, spilled there at D=128; so did 4 warps
+# on 32x64 in the backward).
 FWD_DEFAULTS = _configs([(128, 64), (64, 64), (64, 32)], [(8, 3), (4, 3), (4, 2)])
 # Backward: each program holds BLOCK_N keys and walks the queries BLOCK_M rows at a time (and, when
 # deterministic, then holds BLOCK_N queries and walks the keys BLOCK_M at a time).
-BWD_DEFAULTS = _configs([(32, 128), (32, 64)], [(8, 2), (4, 1)])
+BWD_DEFAULTS = _configs([(32, 128), (32, 64), (32, 64)], [(8, 2), (8, 2), (8, 1)])
 # The Triton tutorial's search space (KERNELS_AUTOTUNE=full), cut by `_prune_*` to what can fit on the GPU in use.
 FWD_SPACE = _configs(*zip(*itertools.product(itertools.product((64, 128), (32, 64, 128)),
                                              itertools.product((4, 8), (2, 3, 4, 5)))))
@@ -139,10 +158,12 @@ def _prune_fwd(configs, named_args, **kwargs):
 
 
 def _prune_bwd(configs, named_args, **kwargs):
-    """Backward configs that fit: dK, dV accumulators (N, D) and (N, M) score tiles in registers, q and dO staged."""
+    """Backward configs that fit: dK, dV accumulators (N, D), (N, M) score tiles and an (M, D) dQ in registers,
+    q and dO staged."""
     q, d = named_args["q_ptr"], kwargs["BLOCK_D"]
     limit = _shared_limit(q)
-    keep = [c for c in configs if _fits(c, c.kwargs["BLOCK_N"] * (2 * d + 2 * c.kwargs["BLOCK_M"]), 160,
+    keep = [c for c in configs if _fits(c, c.kwargs["BLOCK_N"] * (2 * d + 2 * c.kwargs["BLOCK_M"])
+                                        + c.kwargs["BLOCK_M"] * d, 176,
                                         2 * c.kwargs["BLOCK_M"], 2 * c.kwargs["BLOCK_N"], d, q.element_size(), limit)]
     return keep or configs[-1:]
 
@@ -478,8 +499,10 @@ def _scalar_args(Tq: int, Tk: int, H: int, scale: float, window: int | None) -> 
 
 
 def autotune_choices() -> dict[str, dict[str, str]]:
-    """The config each autotuned kernel chose so far, per tuning key: {kernel: {key: config}} (for the logs)."""
-    return {kernel.fn.__name__: {str(key): str(config) for key, config in kernel.cache.items()}
+    """The config each autotuned kernel chose so far, per tuning key: {kernel: {key: config}} (for the logs).
+    A kernel with a single config (interpreter, KERNELS_AUTOTUNE=0) never tunes: its key reads "single config"."""
+    return {kernel.fn.__name__: {"single config": str(kernel.configs[0])} if len(kernel.configs) == 1 else
+            {str(key): str(config) for key, config in kernel.cache.items()}
             for kernel in (_attn_fwd_kernel, _attn_bwd_kernel)}
 
 

@@ -17,43 +17,7 @@ from hypothesis import strategies as st
 from kernels.flash_attention import flash_attention
 from kernels.reference import attention_reference
 from kernels.tolerances import TOLERANCES
-
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 is only correct on a GPU (interpreter bug)")
-
-
-def _inputs(b, h, tq, tk, d, dtype, device, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(b, h, t, d, generator=g).to(device=device, dtype=dtype) for t in (tq, tk, tk))
-    do = torch.randn(b, h, tq, d, generator=g).to(device=device, dtype=dtype)
-    return q, k, v, do
-
-
-def _run(fn, q, k, v, do, **kw):
-    """o, lse and (dq, dk, dv) of `fn` (either implementation) for upstream gradient do."""
-    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
-    o, lse = fn(q, k, v, **kw)
-    o.backward(do)
-    return o, lse, (q.grad, k.grad, v.grad)
-
-
-def _flash(q, k, v, **kw):
-    return flash_attention(q, k, v, return_lse=True, **kw)
-
-
-def check_against_reference(b, h, tq, tk, d, dtype, device, seed=0, deterministic=False, **kw):
-    """Compare o, lse, dq, dk, dv with the reference on fp32 copies; return the kernel's results."""
-    q, k, v, do = _inputs(b, h, tq, tk, d, dtype, device, seed)
-    o, lse, grads = _run(_flash, q, k, v, do, deterministic=deterministic, **kw)
-    o_ref, lse_ref, grads_ref = _run(attention_reference, q.float(), k.float(), v.float(), do.float(), **kw)
-    tol = TOLERANCES[dtype]
-    assert o.dtype == dtype and lse.dtype == torch.float32 and o.shape == q.shape and lse.shape == (b, h, tq)
-    torch.testing.assert_close(o.float(), o_ref, **tol)
-    torch.testing.assert_close(lse, lse_ref, **tol)  # -inf must match -inf exactly
-    for name, g, g_ref in zip("qkv", grads, grads_ref):
-        assert torch.isfinite(g).all(), f"d{name} has NaN/inf"
-        torch.testing.assert_close(g.float(), g_ref, **tol, msg=lambda m: f"d{name}: {m}")
-    return o, lse, grads
-
+from tests.test_kernel_flash_sizes import _flash, _inputs, _run, check_against_reference
 
 SHAPES = [  # (B, H, Tq, Tk, D)
     (1, 1, 1, 1, 16),
@@ -85,14 +49,6 @@ def test_deterministic_backward_matches_reference(shape, causal, device):
                          ids=lambda s: "x".join(map(str, s)))
 def test_fp16_matches_reference(shape, causal, device):
     check_against_reference(*shape, torch.float16, device, causal=causal)
-
-
-@cuda
-@pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("d", [64, 128])
-def test_bf16_matches_reference_on_gpu(d, causal, device):
-    check_against_reference(2, 4, 1000, 1000, d, torch.bfloat16, device, causal=causal, key_lengths=torch.tensor(
-        [1000, 333], device=device), window=300)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])

@@ -6,12 +6,51 @@ with key lengths + a window; the autotuner picks among the same default configs 
 (KERNELS_AUTOTUNE=1), so the configs it chooses are the ones tested. On the CPU the interpreter runs the same cases
 at short lengths (still crossing tile boundaries) and in fp16 only: bf16 the interpreter computes wrongly, and fp32
 is covered by ``test_kernel_flash.py``.
+
+The comparison helpers live here, not in ``test_kernel_flash.py``, because a bare GPU machine may lack the
+hypothesis package that module needs.
 """
 
 import pytest
 import torch
 
-from tests.test_kernel_flash import check_against_reference
+from kernels.flash_attention import flash_attention
+from kernels.reference import attention_reference
+from kernels.tolerances import TOLERANCES
+
+def _inputs(b, h, tq, tk, d, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(b, h, t, d, generator=g).to(device=device, dtype=dtype) for t in (tq, tk, tk))
+    do = torch.randn(b, h, tq, d, generator=g).to(device=device, dtype=dtype)
+    return q, k, v, do
+
+
+def _run(fn, q, k, v, do, **kw):
+    """o, lse and (dq, dk, dv) of `fn` (either implementation) for upstream gradient do."""
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    o, lse = fn(q, k, v, **kw)
+    o.backward(do)
+    return o, lse, (q.grad, k.grad, v.grad)
+
+
+def _flash(q, k, v, **kw):
+    return flash_attention(q, k, v, return_lse=True, **kw)
+
+
+def check_against_reference(b, h, tq, tk, d, dtype, device, seed=0, deterministic=False, **kw):
+    """Compare o, lse, dq, dk, dv with the reference on fp32 copies; return the kernel's results."""
+    q, k, v, do = _inputs(b, h, tq, tk, d, dtype, device, seed)
+    o, lse, grads = _run(_flash, q, k, v, do, deterministic=deterministic, **kw)
+    o_ref, lse_ref, grads_ref = _run(attention_reference, q.float(), k.float(), v.float(), do.float(), **kw)
+    tol = TOLERANCES[dtype]
+    assert o.dtype == dtype and lse.dtype == torch.float32 and o.shape == q.shape and lse.shape == (b, h, tq)
+    torch.testing.assert_close(o.float(), o_ref, **tol)
+    torch.testing.assert_close(lse, lse_ref, **tol)  # -inf must match -inf exactly
+    for name, g, g_ref in zip("qkv", grads, grads_ref):
+        assert torch.isfinite(g).all(), f"d{name} has NaN/inf"
+        torch.testing.assert_close(g.float(), g_ref, **tol, msg=lambda m: f"d{name}: {m}")
+    return o, lse, grads
+
 
 GPU = torch.cuda.is_available()
 LENGTHS = [(1000, 1000), (4133, 4133), (1000, 1200)] if GPU else [(40, 40), (67, 67), (40, 60)]

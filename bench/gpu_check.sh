@@ -110,7 +110,8 @@ for t, d, mask, window in sorted(groups, key=str):
     if rivals and window is None:
         fwd = min(r["fwd_ms"] for r in rivals) / ours["fwd_ms"]  # > 1: we are faster
         bwd = min(r["bwd_ms"] for r in rivals) / ours["bwd_ms"]
-        line += f" fwd {fwd:.2f}x {'met' if fwd >= 1.0 else 'NOT met'}, bwd {bwd:.2f}x {'met' if bwd >= 0.9 else 'NOT met'}"
+        line += (f" fwd {fwd:.2f}x {'met' if fwd >= 1.0 else 'NOT met'},"
+                 f" bwd {bwd:.2f}x {'met' if bwd >= 0.9 else 'NOT met'}")
     flex = [r for r in same if r["impl"] == "flex"]
     if flex:
         total = flex[0]["total_ms"] / ours["total_ms"]

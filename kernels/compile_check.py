@@ -141,36 +141,51 @@ BENCH_FLAGS = [dict(CAUSAL=c, HAS_WINDOW=w, HAS_LENGTHS=False) for c in (True, F
 ALL_FLAGS = dict(CAUSAL=True, HAS_WINDOW=True, HAS_LENGTHS=True)  # every optional code path compiled in
 
 
+def _space(space: list, defaults: list, fits) -> list:
+    """The configs of ``space`` (not in ``defaults``) that the kernel's pruning keeps at D=128, bf16, on sm90."""
+    return [c for c in space if c not in defaults and fits(c, 128, 2, SHARED_MEMORY_LIMIT[90])]
+
+
 def _attention_variants(full: bool) -> list[Variant]:
-    kernels = {"_attn_fwd_kernel": (fa.FWD_DEFAULTS, fa.FWD_SPACE, {}),
-               "_attn_bwd_kernel": (fa.BWD_DEFAULTS, fa.BWD_SPACE, dict(ATOMIC_DQ=True))}
+    """Default run: on sm90 every default config at D=128 with every mask compiled in (the spill and wgmma bars),
+    and the specialisations a launch can produce; on sm80 the first default and fp32. --full adds the rest of the
+    defaults on sm80, the deterministic backward for every default, fp32 at D=128 on sm80, the benchmark's mask
+    combinations at D=128 on sm90 (first default), and the pruned search space on sm90."""
     out = []
 
     def add(name, arch, dtype, d, config, default=False, **extra):
         cx = dict(HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), **{**ALL_FLAGS, **extra}, **config.kwargs)
         out.append(Variant(name, arch, dtype, tuple(cx.items()), config.num_warps, config.num_stages, default))
 
+    fwd, bwd = "_attn_fwd_kernel", "_attn_bwd_kernel"
+    kernels = {fwd: (fa.FWD_DEFAULTS, {}), bwd: (fa.BWD_DEFAULTS, dict(ATOMIC_DQ=True))}
+    plain = dict(CAUSAL=False, HAS_WINDOW=False, HAS_LENGTHS=False)
+    for name, (defaults, mode) in kernels.items():
+        for config in defaults:  # D=128, where registers and shared memory are tightest
+            add(name, 90, "fp16", 128, config, default=True, **mode)
+        add(name, 90, "fp16", 64, defaults[0], **mode, **plain)
+        # a launch turns integer arguments equal to 1 into constants: T = H = window = 1
+        add(name, 90, "fp16", 64, defaults[-1], **mode, Tq=1, Tk=1, H=1, window=1, tune_tq=1, tune_tk=1)
+        add(name, 80, "fp16", 128, defaults[0], default=True, **mode)
+        add(name, 80, "fp32", 64, defaults[-1], **mode)  # fp32 compiles slowly: D=64 here, D=128 with --full
+    add(fwd, 90, "bf16", 128, fa.FWD_DEFAULTS[0], default=True)
+    add(fwd, 90, "fp32", 64, fa.FWD_DEFAULTS[-1])
+    add(bwd, 90, "fp16", 128, fa.BWD_DEFAULTS[0], ATOMIC_DQ=False)  # deterministic=True
+    if full:
+        for name, (defaults, mode) in kernels.items():
+            for config in defaults[1:]:
+                add(name, 80, "fp16", 128, config, default=True, **mode)
+            add(name, 80, "fp32", 128, defaults[-1], **mode)
+            for config in defaults[:1]:
+                for flags in BENCH_FLAGS:
+                    add(name, 90, "bf16", 128, config, default=True, **mode, **flags)
+        for config in fa.BWD_DEFAULTS[1:]:
+            add(bwd, 90, "fp16", 128, config, ATOMIC_DQ=False)
+        for config in _space(fa.FWD_SPACE, fa.FWD_DEFAULTS, fa.fwd_fits):
+            add(fwd, 90, "bf16", 128, config, CAUSAL=True, HAS_WINDOW=False, HAS_LENGTHS=False)
+        for config in _space(fa.BWD_SPACE, fa.BWD_DEFAULTS, fa.bwd_fits):
+            add(bwd, 90, "bf16", 128, config, ATOMIC_DQ=True, CAUSAL=True, HAS_WINDOW=False, HAS_LENGTHS=False)
     for arch in (80, 90):
-        for name, (defaults, space, mode) in kernels.items():
-            for config in defaults:  # D=128, where registers and shared memory are tightest
-                add(name, arch, "fp16", 128, config, default=True, **mode)
-                if name == "_attn_bwd_kernel":
-                    add(name, arch, "fp16", 128, config, ATOMIC_DQ=False)  # deterministic=True
-                if full:  # what the benchmark compiles: its masks at both head dims
-                    for d in (64, 128):
-                        for flags in BENCH_FLAGS:
-                            add(name, arch, "bf16", d, config, default=True, **mode, **flags)
-            add(name, arch, "fp16", 64, defaults[0], **mode, CAUSAL=False, HAS_WINDOW=False, HAS_LENGTHS=False)
-            if arch == 90:  # a launch turns integer arguments equal to 1 into constants: T = H = window = 1
-                add(name, arch, "fp16", 64, defaults[-1], **mode, Tq=1, Tk=1, H=1, window=1, tune_tq=1, tune_tk=1)
-            if arch == 80 or name == "_attn_fwd_kernel":  # fp32 compiles slowly: sm80 (least shared memory)
-                add(name, arch, "fp32", 128 if arch == 80 else 64, defaults[-1], **mode)  # and the sm90 forward
-            if full:  # the rest of the KERNELS_AUTOTUNE=full search space
-                for config in space:
-                    if config not in defaults:
-                        add(name, arch, "bf16", 128, config, **mode, CAUSAL=True, HAS_WINDOW=False,
-                            HAS_LENGTHS=False)
-        add("_attn_fwd_kernel", arch, "bf16", 128, fa.FWD_DEFAULTS[0], default=True)
         for d in (64, 128):
             out.append(Variant("_attn_bwd_delta_kernel", arch, "fp16", (("HEAD_DIM", d), ("BLOCK_D", d),
                                                                         ("BLOCK_M", fa.DELTA_BLOCK_M))))

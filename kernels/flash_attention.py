@@ -118,7 +118,8 @@ FWD_DEFAULTS = _configs([(128, 64), (64, 64), (64, 32)], [(8, 3), (4, 3), (4, 2)
 # Backward: each program holds BLOCK_N keys and walks the queries BLOCK_M rows at a time (and, when
 # deterministic, then holds BLOCK_N queries and walks the keys BLOCK_M at a time).
 BWD_DEFAULTS = _configs([(32, 128), (32, 64), (32, 64)], [(8, 2), (8, 2), (8, 1)])
-# The Triton tutorial's search space (KERNELS_AUTOTUNE=full), cut by `_prune_*` to what can fit on the GPU in use.
+# The Triton tutorial's search space (KERNELS_AUTOTUNE=full), cut by `fwd_fits` / `bwd_fits` to what can fit on
+# the GPU in use.
 FWD_SPACE = _configs(*zip(*itertools.product(itertools.product((64, 128), (32, 64, 128)),
                                              itertools.product((4, 8), (2, 3, 4, 5)))))
 BWD_SPACE = _configs(*zip(*itertools.product(itertools.product((32, 64), (64, 128)),
@@ -144,28 +145,25 @@ def _fits(config: triton.Config, fp32_tiles: int, register_budget: int, staged_r
     return registers <= register_budget and shared <= shared_limit
 
 
-def _shared_limit(tensor: torch.Tensor) -> int:
-    return torch.cuda.get_device_properties(tensor.device).shared_memory_per_block_optin
+def fwd_fits(c: triton.Config, block_d: int, elsize: int, shared_limit: int) -> bool:
+    """Forward: the (M, D) accumulator and (M, N) scores in registers, k and v tiles staged."""
+    m, n = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+    return _fits(c, m * (block_d + n), 96, 2 * n, m, block_d, elsize, shared_limit)
 
 
-def _prune_fwd(configs, named_args, **kwargs):
-    """Forward configs that fit: the (M, D) accumulator and (M, N) scores in registers, k and v tiles staged."""
-    q, d = named_args["q_ptr"], kwargs["BLOCK_D"]
-    limit = _shared_limit(q)
-    keep = [c for c in configs if _fits(c, c.kwargs["BLOCK_M"] * (d + c.kwargs["BLOCK_N"]), 96,
-                                        2 * c.kwargs["BLOCK_N"], c.kwargs["BLOCK_M"], d, q.element_size(), limit)]
-    return keep or configs[-1:]
+def bwd_fits(c: triton.Config, block_d: int, elsize: int, shared_limit: int) -> bool:
+    """Backward: dK, dV accumulators (N, D), (N, M) score tiles and an (M, D) dQ in registers, q and dO staged."""
+    m, n = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+    return _fits(c, n * (2 * block_d + 2 * m) + m * block_d, 176, 2 * m, 2 * n, block_d, elsize, shared_limit)
 
 
-def _prune_bwd(configs, named_args, **kwargs):
-    """Backward configs that fit: dK, dV accumulators (N, D), (N, M) score tiles and an (M, D) dQ in registers,
-    q and dO staged."""
-    q, d = named_args["q_ptr"], kwargs["BLOCK_D"]
-    limit = _shared_limit(q)
-    keep = [c for c in configs if _fits(c, c.kwargs["BLOCK_N"] * (2 * d + 2 * c.kwargs["BLOCK_M"])
-                                        + c.kwargs["BLOCK_M"] * d, 176,
-                                        2 * c.kwargs["BLOCK_M"], 2 * c.kwargs["BLOCK_N"], d, q.element_size(), limit)]
-    return keep or configs[-1:]
+def _pruner(fits):
+    """An ``early_config_prune`` for the autotuner: the configs that ``fits`` the GPU of the inputs."""
+    def prune(configs, named_args, **kwargs):
+        q = named_args["q_ptr"]
+        limit = torch.cuda.get_device_properties(q.device).shared_memory_per_block_optin
+        return [c for c in configs if fits(c, kwargs["BLOCK_D"], q.element_size(), limit)] or configs[-1:]
+    return prune
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -323,7 +321,7 @@ def _fwd_tiles(acc, l, m, q, k_ptr, v_ptr, pos_q, lo, hi, length, window, qk_sca
 
 
 @triton.autotune(configs=autotune_configs(FWD_DEFAULTS, INTERPRETER_FWD, FWD_SPACE), key=_TUNE_KEY,
-                 prune_configs_by={"early_config_prune": _prune_fwd})
+                 prune_configs_by={"early_config_prune": _pruner(fwd_fits)})
 @triton.jit
 def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, lengths_ptr, Tq, Tk, H, scale, window, tune_tq, tune_tk,
                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
@@ -429,7 +427,8 @@ def _bwd_q_tiles(dq, q, do, lse2, delta, k_ptr, v_ptr, pos_q, lo, hi, length, wi
 
 
 @triton.autotune(configs=autotune_configs(BWD_DEFAULTS, INTERPRETER_BWD, BWD_SPACE), key=_TUNE_KEY + ["ATOMIC_DQ"],
-                 prune_configs_by={"early_config_prune": _prune_bwd}, reset_to_zero=["dq_ptr"])
+                 prune_configs_by={"early_config_prune": _pruner(bwd_fits)},
+                 reset_to_zero=["dq_ptr"])
 @triton.jit
 def _attn_bwd_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, dk_ptr, dv_ptr, lengths_ptr,
                      Tq, Tk, H, scale, window, tune_tq, tune_tk,

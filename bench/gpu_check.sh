@@ -12,7 +12,8 @@
 # Files in $OUT:
 #   summary.txt     versions, GPU and driver; each step's exit status and seconds; the speed bars, met or not
 #   tests.txt       1. kernels against the fp32 reference at the benchmark's sizes and configs (bf16, fp16;
-#                      T 1000, 4133, Tq/Tk 1000/1200; D 64, 128; causal or not; key lengths + window), pytest -n
+#                      T 1000, 4133, Tq/Tk 1000/1200; D 64, 128; causal or not; key lengths + window), and the
+#                      bf16 softmax tests; pytest -n
 #   bench.txt       2. bf16, D = 128 first, then 64; T = 4096, 16384; causal and bidirectional; Triton, every SDPA
 #                      backend that takes the inputs, naive at 4096 only
 #                   3. sliding window 256 and 1024, causal, D = 128, T = 16384 and 65536: Triton, FlexAttention,
@@ -47,6 +48,7 @@ step() {  # step NAME CAP_SECONDS LOG_FILE COMMAND...: run with a time cap, appe
 if [[ $DRY == 1 ]]; then  # interpreter sizes: a few tiles per kernel
     CAP_SCALE=5  # the caps are the GPU's time budget; a shared CI machine may be several times slower
     WORKERS=2
+    SELECT="sizes and lengths"  # half of the cases: the suite runs them all anyway
     HEADLINE=(--T 64 128 --head-dims 32 16 --dtype fp32 --batch 1 --heads 1 --naive-max-t 128)
     WINDOWED=(--T 128 256 --window 16 32 --head-dims 32 --dtype fp32 --batch 1 --heads 1 --naive-max-t 128)
     MEMORY=(--T 256 --head-dims 16 --dtype fp32 --batch 1 --heads 1)
@@ -54,6 +56,7 @@ if [[ $DRY == 1 ]]; then  # interpreter sizes: a few tiles per kernel
 else
     CAP_SCALE=1
     WORKERS=8
+    SELECT="sizes or bf16"  # the attention cases, and the bf16 softmax tests the interpreter cannot run
     HEADLINE=(--T 4096 16384 --head-dims 128 64 --dtype bf16 --tokens 16384 --heads 16 --naive-max-t 4096)
     WINDOWED=(--T 16384 65536 --window 256 1024 --head-dims 128 --dtype bf16 --batch 1 --heads 16
               --naive-max-t 16384)
@@ -70,8 +73,9 @@ print('device', torch.cuda.get_device_name() if torch.cuda.is_available() else '
 } > "$SUMMARY" 2>&1
 nvidia-smi > "$OUT/extra/nvidia-smi.txt" 2>&1
 
+# (not tests/test_kernel_flash.py: it needs the hypothesis package, which a bare GPU machine may lack)
 step "1 correctness" 150 "$OUT/tests.txt" "$PY" -m pytest -p no:cacheprovider -n "$WORKERS" -q -rs --durations=10 \
-    --junitxml="$OUT/extra/tests.xml" tests/test_kernel_flash_sizes.py tests/test_kernel_flash.py -k "sizes or bf16"
+    --junitxml="$OUT/extra/tests.xml" tests/test_kernel_flash_sizes.py tests/test_kernel_softmax.py -k "$SELECT"
 
 BENCH=("$PY" bench/attention.py --out "$OUT/extra" "${TIMING[@]}")
 step "2 headline" 180 "$OUT/bench.txt" "${BENCH[@]}" "${HEADLINE[@]}" --masks causal bidirectional \

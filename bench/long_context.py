@@ -1,9 +1,9 @@
 """Long character text made cheap: hourglass vs plain, windowed attention, memory and time per character vs T.
 
-    python bench/long_context.py throughput   # training chars/s, plain vs hourglass (Tiny Shakespeare CPU shape)
-    python bench/long_context.py budget       # pretrain.py runs on the same wall-clock budget: val bits/char
-    python bench/long_context.py memory       # pretrain.py --window 256 --attn-impl local at T = 1K, 4K, 16K: peak RSS
-    python bench/long_context.py scaling      # memory and time per character vs T, every attention kind (PNG)
+    python -m bench.long_context throughput   # training chars/s, plain vs hourglass (Tiny Shakespeare CPU shape)
+    python -m bench.long_context budget       # pretrain.py runs on the same wall-clock budget: val bits/char
+    python -m bench.long_context memory       # pretrain.py --window 256 --attn-impl local at T = 1K, 4K, 16K: peak RSS
+    python -m bench.long_context scaling      # memory and time per character vs T, every attention kind (PNG)
 
 Each writes ``OUT/long_context_<mode>.json`` (OUT = ``out/`` unless ``--out``) with the command that made it.
 
@@ -38,10 +38,9 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from charformer.cli import load_toml  # noqa: E402
-from charformer.model import CharTransformer, ModelConfig  # noqa: E402
+from charformer.cli import load_toml
+from charformer.model import CharTransformer, ModelConfig
 
 CPU_CONFIG = "configs/shakespeare_char_cpu.toml"  # paths relative to the repository root, where commands run
 # Hourglass variants of the 4-layer CPU shape: [pre, mid, post] layers, shortening factor K.
@@ -138,7 +137,7 @@ def budget(args, out: Path) -> dict:
 
 def run_child(argv: list[str]) -> dict:
     """Run this script's hidden ``_child`` mode in a fresh process (so peak RSS is its own); returns its JSON."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "_child", *argv]
+    cmd = [sys.executable, "-m", "bench.long_context", "_child", *argv]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if done.returncode:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}

@@ -190,6 +190,17 @@ def test_unknown_paths_and_methods_answer_json(full):
     assert request(full.port, "GET", "/v1/segment")[::2] == (405, {"error": "Method Not Allowed"})
 
 
+def test_a_client_that_leaves_mid_body_is_counted_and_the_server_goes_on(full):
+    before = _count(_metrics(full.port), "charformer_errors_total", endpoint="segment", reason="disconnected")
+    with socket.create_connection(("127.0.0.1", full.port)) as s:
+        s.sendall(b'POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"texts": ["')
+    deadline = time.monotonic() + 10
+    while _count(_metrics(full.port), "charformer_errors_total", endpoint="segment", reason="disconnected") == before:
+        assert time.monotonic() < deadline, "the disconnect was not counted"
+        time.sleep(0.01)
+    assert request(full.port, "POST", "/v1/segment", {"texts": ["中国"]})[0] == 200
+
+
 def test_token_limits_and_endpoints_not_served(guarded):
     port, ok = guarded.port, {"texts": ["中国人民"]}
     before = _metrics(port)

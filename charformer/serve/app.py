@@ -37,7 +37,7 @@ from typing import AsyncIterator, Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -53,7 +53,7 @@ log = logging.getLogger("charformer.serve")
 
 PREDICT = {"segment": (models.segment, "words"), "tag": (models.tag, "entities"),
            "classify": (models.classify, "results")}
-ENDPOINTS = (*PREDICT, "generate", "models")
+CLIENT_CLOSED = 499  # the status nginx logs for a client that closed the connection before the answer
 
 
 @dataclass
@@ -144,11 +144,11 @@ class Service:
     # ---------------------------------------------------------------------------------------------- requests
     def guarded(self, endpoint: str, handler: Callable[[Request], Awaitable[Response]]):
         """`handler` behind the token, readiness and concurrency checks, with errors as JSON, metrics and a log
-        line (see the module docstring)."""
+        line (see the module docstring). A request holds its concurrency slot until the last byte of its
+        answer is sent or its client has gone (`_Finally`), so a stream counts for as long as it runs."""
 
-        async def endpoint_fn(request: Request) -> Response:
-            started = time.perf_counter()
-            release = True
+        async def endpoint_fn(request: Request) -> _Finally:
+            started, holds_slot = time.perf_counter(), False
             try:
                 if not authorized(request.headers.get("authorization"), self.token):
                     raise ApiError(401, "missing or wrong bearer token (Authorization: Bearer ...)", "unauthorized")
@@ -157,44 +157,27 @@ class Service:
                 if self.active >= self.limits.max_concurrent:
                     raise ApiError(429, f"{self.active} requests in progress (the limit); retry shortly",
                                    "overloaded")
-                self.active += 1
+                self.active, holds_slot = self.active + 1, True
                 self.metrics.in_flight.inc()
-                try:
-                    response = await handler(request)
-                except BaseException:
-                    self._release()
-                    raise
-                if isinstance(response, StreamingResponse):  # the stream gives its slot back when it ends
-                    response.body_iterator = self._releasing(response.body_iterator, endpoint, started)
-                    release = False
-                else:
-                    self._release()
+                response = await handler(request)
             except ApiError as e:
                 response = _error(e.status, e.message, _extra_headers(e.status))
                 self.metrics.errors.labels(endpoint, e.reason).inc()
+            except ClientDisconnect:  # gone while sending its body: nobody to answer; 499 as nginx logs it
+                response = Response(status_code=CLIENT_CLOSED)
+                self.metrics.errors.labels(endpoint, "disconnected").inc()
             except Exception as e:  # a bug or a failed model call: no traceback to the client, no text to the log
                 log.error("internal error on /v1/%s: %s", endpoint, type(e).__name__)
                 response = _error(500, "internal error")
                 self.metrics.errors.labels(endpoint, "internal").inc()
-            if release:
-                self._done(endpoint, response.status_code, started)
-            return response
+            return _Finally(response, lambda: self._done(endpoint, response.status_code, started, holds_slot))
 
         return endpoint_fn
 
-    def _release(self) -> None:
-        self.active -= 1
-        self.metrics.in_flight.dec()
-
-    async def _releasing(self, chunks, endpoint: str, started: float):
-        try:
-            async for chunk in chunks:
-                yield chunk
-        finally:
-            self._release()
-            self._done(endpoint, 200, started)
-
-    def _done(self, endpoint: str, status: int, started: float) -> None:
+    def _done(self, endpoint: str, status: int, started: float, holds_slot: bool) -> None:
+        if holds_slot:
+            self.active -= 1
+            self.metrics.in_flight.dec()
         seconds = time.perf_counter() - started
         self.metrics.requests.labels(endpoint, str(status)).inc()
         self.metrics.latency.labels(endpoint).observe(seconds)
@@ -273,6 +256,19 @@ class Service:
 
     async def metrics_page(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type=self.metrics.content_type)
+
+
+class _Finally:
+    """An ASGI response that calls `done()` once it has been sent, or abandoned (a client gone mid-stream)."""
+
+    def __init__(self, response: Response, done: Callable[[], None]):
+        self.response, self.done = response, done
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await self.response(scope, receive, send)
+        finally:
+            self.done()
 
 
 def _endpoint_of(task: str) -> str:

@@ -7,7 +7,8 @@ anything a client chose, so a client cannot grow the number of series:
     charformer_requests_total{endpoint, status}        requests answered
     charformer_errors_total{endpoint, reason}          requests refused or failed (reason: unauthorized,
                                                        too_large, bad_json, bad_encoding, bad_request,
-                                                       not_found, overloaded, not_ready, internal)
+                                                       not_found, overloaded, not_ready, disconnected,
+                                                       internal)
     charformer_request_seconds{endpoint}               latency histogram, from the request to the last byte
     charformer_batch_size{model}                       texts per model batch (histogram)
     charformer_chars_total{endpoint}                   characters of text read (texts or prompts)

@@ -2,12 +2,14 @@
 
     python bench/serve_load.py --ckpt out/serve_seg --texts $D/cws/ctb6/test.txt
 
-Starts ``python -m charformer.serve`` on 127.0.0.1 (a free port) twice, with dynamic batching on and off, and
-for each of --clients concurrent clients (threads, each with one keep-alive connection, each request one
-sentence of --texts, a segmented file whose spaces are removed) sends requests until --requests have been
-answered or --seconds have passed, whichever comes first. It reports requests/s, p50 and p99 latency and
-errors per level; the mean batch size the server ran (from its /metrics); and the server's peak resident
-memory (VmHWM). Every answer is checked: status 200 and words that join back to the request's sentence.
+Starts ``python -m charformer.serve`` on 127.0.0.1 (free ports) twice, with dynamic batching on and off. For
+each number of concurrent clients in --clients, the two servers taking turns (off, then on, level by level, so
+that other load on a shared machine falls on both alike), client threads (each with one keep-alive connection,
+each request one sentence of --texts, a segmented file whose spaces are removed) send requests until
+--requests have been answered or --seconds have passed, whichever comes first. It reports requests/s, p50 and
+p99 latency and errors per level; the mean batch size the server ran (from its /metrics); and the server's
+peak resident memory (VmHWM). Every answer is checked: status 200 and words that join back to the request's
+sentence.
 
 Then, with batching on and 8 clients keeping up a background load, the faults: clients that disconnect in
 the middle of sending a body and right after sending a whole request, malformed JSON, invalid UTF-8, a body
@@ -111,10 +113,10 @@ class Server:
                 return round(int(line.split()[1]) / 1024, 1)
         return float("nan")
 
-    def metric(self, name: str) -> float:
-        """The sum of every sample called `name` in /metrics."""
+    def metric(self, name: str, labels: str = "") -> float:
+        """The sum of the samples called `name` in /metrics whose labels contain `labels` (``reason="x"``)."""
         return sum(float(line.rsplit(" ", 1)[1]) for line in get(self.port, "/metrics")[1].splitlines()
-                   if line.startswith(name + "{") or line.startswith(name + " "))
+                   if (line.startswith(name + "{") or line.startswith(name + " ")) and labels in line)
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -173,20 +175,23 @@ def run_clients(port: int, texts: list[str], clients: int, max_requests: int, se
             "mean_ms": round(1000 * statistics.fmean(latencies), 2) if latencies else float("nan")}
 
 
-def measure_mode(args, texts: list[str], batching: bool, levels: list[int], log: Path) -> tuple[dict, Server]:
-    server = Server(args.ckpt, batching=batching, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, log=log)
-    run_clients(server.port, texts, 4, 40, 10)  # warm-up: the first batches of each shape pay for allocation
-    rows = []
+def measure(servers: dict[str, Server], texts: list[str], levels: list[int], args) -> dict[str, list[dict]]:
+    """Each level on each server, the servers taking turns level by level (off, on, off, on, ...), so that
+    load from other processes on a shared machine falls on both alike."""
+    for server in servers.values():
+        run_clients(server.port, texts, 4, 40, 10)  # warm-up: the first batches of each shape pay for allocation
+    rows: dict[str, list[dict]] = {key: [] for key in servers}
     for clients in levels:
-        batches0, texts0 = server.metric("charformer_batch_size_count"), server.metric("charformer_batch_size_sum")
-        row = run_clients(server.port, texts, clients, args.requests, args.seconds)
-        batches = server.metric("charformer_batch_size_count") - batches0
-        row["mean_batch_texts"] = round((server.metric("charformer_batch_size_sum") - texts0) / max(batches, 1), 2)
-        rows.append(row)
-        print(f"batching {'on ' if batching else 'off'} {clients:3d} clients: {row['requests_per_s']:8.1f} req/s  "
-              f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  errors {row['errors']}  "
-              f"batch {row['mean_batch_texts']:.1f}", flush=True)
-    return {"levels": rows, "peak_rss_mb": server.peak_rss_mb()}, server
+        for key, server in servers.items():
+            batches0, texts0 = server.metric("charformer_batch_size_count"), server.metric("charformer_batch_size_sum")
+            row = run_clients(server.port, texts, clients, args.requests, args.seconds)
+            batches = server.metric("charformer_batch_size_count") - batches0
+            row["mean_batch_texts"] = round((server.metric("charformer_batch_size_sum") - texts0) / max(batches, 1), 2)
+            rows[key].append(row)
+            print(f"{key:13s} {clients:3d} clients: {row['requests_per_s']:8.1f} req/s  p50 {row['p50_ms']:7.2f} ms  "
+                  f"p99 {row['p99_ms']:7.2f} ms  errors {row['errors']}  batch {row['mean_batch_texts']:.1f}",
+                  flush=True)
+    return rows
 
 
 # ------------------------------------------------------------------------------------------------ faults
@@ -227,6 +232,7 @@ def run_faults(server: Server, texts: list[str], repeats: int = 20) -> dict:
         "texts_10000": (request_bytes(json.dumps({"texts": ["中国"] * 10_000}, ensure_ascii=False).encode()), 413),
     }
     faults = {}
+    gone_before = server.metric("charformer_errors_total", 'reason="disconnected"')
     for name, (payload, expected) in cases.items():
         statuses = [raw_exchange(server.port, payload, read=expected is not None) for _ in range(repeats)]
         faults[name] = {"sent": repeats, "expected_status": expected, "statuses": sorted(set(map(str, statuses))),
@@ -242,7 +248,9 @@ def run_faults(server: Server, texts: list[str], repeats: int = 20) -> dict:
     load.join()
     still = get(server.port, "/healthz")[0] == 200 and segment_once(
         http.client.HTTPConnection(HOST, server.port, timeout=30), texts[1])[0]
-    return {"cases": faults, "background_load": background, "still_answering": still,
+    gone = server.metric("charformer_errors_total", 'reason="disconnected"') - gone_before
+    return {"cases": faults, "server_counted_disconnects_mid_body": gone, "background_load": background,
+            "still_answering": still,
             "background_lost_or_wrong": background["errors"]}
 
 
@@ -270,12 +278,19 @@ def main(argv: list[str] | None = None) -> int:
                "texts": {"file": args.texts, "count": len(texts),
                          "mean_chars": round(statistics.fmean(map(len, texts)), 1)},
                "server": {"max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms}}
-    for batching in (False, True):
-        key = f"batching_{'on' if batching else 'off'}"
-        results[key], server = measure_mode(args, texts, batching, levels, logs / f"{key}.log")
-        if batching:
-            results["faults"] = run_faults(server, texts)
-        results[key]["exit_status_after_sigterm"] = server.stop()
+    servers = {f"batching_{'on' if on else 'off'}": Server(args.ckpt, batching=on, max_batch=args.max_batch,
+                                                         max_wait_ms=args.max_wait_ms,
+                                                         log=logs / f"batching_{'on' if on else 'off'}.log")
+               for on in (False, True)}
+    rows: dict[str, list[dict]] = {}
+    try:
+        rows = measure(servers, texts, levels, args)
+        results["faults"] = run_faults(servers["batching_on"], texts)
+    finally:
+        for key, server in servers.items():
+            peak = server.peak_rss_mb()
+            results[key] = {"levels": rows.get(key, []), "peak_rss_mb": peak,
+                            "exit_status_after_sigterm": server.stop()}
     at = {row["clients"]: row for row in results["batching_on"]["levels"]}
     off = {row["clients"]: row for row in results["batching_off"]["levels"]}
     top = max(levels)

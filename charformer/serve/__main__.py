@@ -54,7 +54,8 @@ def parse_args(argv: list[str] | None) -> tuple[ServeOptions, Limits, BatchConfi
     p.add_argument("--ckpt", required=True, help="checkpoint, adapter, or the adapters' base checkpoint")
     p.add_argument("--adapter", type=_adapter, action="append", default=[], metavar="NAME=DIR",
                    help="an adapter for --ckpt, chosen per request by NAME (repeatable)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; another needs a token)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; any other needs a token)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--token-file", help="file holding the API token (else $CHARFORMER_API_TOKEN)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")

@@ -88,7 +88,7 @@ class Service:
         size, wait = (self.batch.max_batch, self.batch.max_wait_ms / 1000) if self.batch.batching else (1, 0.0)
         for served in self.served:
             if served.task != "lm":
-                run = PREDICT[_endpoint_of(served.task)][0]
+                run = PREDICT[models.ENDPOINT_OF_TASK[served.task]][0]
                 self.batchers[served.name] = Batcher(
                     lambda texts, s=served, run=run: run(s, texts), self.model_thread, max_batch=size, max_wait_s=wait,
                     on_batch=self.metrics.batch_size.labels(served.name or "base").observe)
@@ -129,15 +129,15 @@ class Service:
         if served is None:
             raise ApiError(404, f"no adapter of that name; this server has {sorted(self.adapters)}", "not_found")
         if served.task != task:
-            raise ApiError(400, f"adapter {name!r} is a {served.task} model: use /v1/{_endpoint_of(served.task)}",
-                           "bad_request")
+            use = models.ENDPOINT_OF_TASK[served.task]
+            raise ApiError(400, f"adapter {name!r} is a {served.task} model: use /v1/{use}", "bad_request")
         return served
 
     def check_served(self, endpoint: str) -> None:
         """Raise ApiError 404 when no served model can do `endpoint`."""
         task = models.TASK_OF_ENDPOINT[endpoint]
         if not any(s.task == task for s in self.served):
-            can = sorted(f"/v1/{_endpoint_of(s.task)}" for s in self.served)
+            can = sorted(f"/v1/{models.ENDPOINT_OF_TASK[s.task]}" for s in self.served)
             raise ApiError(404, f"/v1/{endpoint} is not served: the loaded model(s) cannot do it; this server "
                            f"answers {sorted(set(can))}", "not_found")
 
@@ -195,7 +195,7 @@ class Service:
         texts = get_texts(body, self.limits, allow_empty=endpoint != "classify")
         self.metrics.chars.labels(endpoint).inc(sum(map(len, texts)))
         log.info("/v1/%s: %d texts, %d characters", endpoint, len(texts), sum(map(len, texts)))
-        results = await self.batchers[served.name].submit(texts)
+        results = await self.batchers[served.name].submit(texts) if texts else []
         return JSONResponse({PREDICT[endpoint][1]: results})
 
     async def generate(self, request: Request) -> Response:
@@ -269,10 +269,6 @@ class _Finally:
             await self.response(scope, receive, send)
         finally:
             self.done()
-
-
-def _endpoint_of(task: str) -> str:
-    return next(e for e, t in models.TASK_OF_ENDPOINT.items() if t == task)
 
 
 def _extra_headers(status: int) -> dict | None:

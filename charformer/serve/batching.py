@@ -65,7 +65,7 @@ class Batcher:
         self._arrived.clear()
         try:
             await asyncio.wait_for(self._arrived.wait(), timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # TimeoutError itself from Python 3.11 on
             return False
         return True
 

@@ -33,7 +33,11 @@ from ..tasks.schemes import spans_to_words, split_tag
 from ..vocab import EOS_ID, CharVocab
 
 TASK_OF_ENDPOINT = {"segment": "cws", "tag": "ner", "classify": "classify", "generate": "lm"}
-BATCH_WINDOWS = 64  # windows or texts per forward pass inside one gathered batch (the prediction tools' default)
+ENDPOINT_OF_TASK = {task: endpoint for endpoint, task in TASK_OF_ENDPOINT.items()}
+# Windows or texts per forward pass inside one gathered batch. A gathered batch mixes sentences of any length;
+# `tag_texts` sorts the windows by length, so passes of 8 pad each to about its own length, where one pass of
+# 64 would pad every sentence to the longest (bench/serve_load.py measures the server with this setting).
+BATCH_WINDOWS = 8
 
 
 @dataclass
@@ -93,8 +97,7 @@ def load_served(ckpt: str | Path, adapters: dict[str, str | Path], *, device: st
 def describe(served: Served) -> dict:
     """What `served` is, for clients: name (None for the base), task, endpoint, and the labels (classify) or
     entity types (ner) it predicts."""
-    endpoint = next(e for e, t in TASK_OF_ENDPOINT.items() if t == served.task)
-    out = {"name": served.name, "task": served.task, "endpoint": f"/v1/{endpoint}"}
+    out = {"name": served.name, "task": served.task, "endpoint": f"/v1/{ENDPOINT_OF_TASK[served.task]}"}
     if served.task == "classify":
         out["labels"] = list(served.description["labels"])
     if served.task == "ner":

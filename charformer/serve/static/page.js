@@ -65,8 +65,9 @@ function texts(endpoint) {
 
 const RENDER = {
   segment: (data) => data.words.map((words) => words.join(" / ")).join("\n"),
-  tag: (data) => data.entities.map((found) =>
-    found.length ? found.map((e) => `${e.text} [${e.type} ${e.start}-${e.end}]`).join("  ") : "(no entities)").join("\n"),
+  tag: (data) => data.entities.map((found) => found.length
+    ? found.map((e) => `${e.text} [${e.type} ${e.start}-${e.end}]`).join("  ")
+    : "(no entities)").join("\n"),
   classify: (data) => data.results.map((r) =>
     `${r.label} (${Object.entries(r.probs).map(([label, p]) => `${label}: ${p.toFixed(3)}`).join(", ")})`).join("\n"),
 };

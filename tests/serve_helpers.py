@@ -19,8 +19,8 @@ WORDS = ["中国", "人民", "站", "起来", "了", "我们", "北京", "天安
 
 def make_models(root: Path) -> dict[str, Path]:
     """A causal LM pretrained for 5 steps ("clm"), LoRA adapters on it for segmentation, NER and
-    classification trained for 5 steps each ("cws", "ner", "classify"), and a second LM ("other") that the
-    adapters do not fit. A few seconds in all."""
+    classification trained for 5 steps each ("cws", "ner", "classify"), a second LM ("other") that the
+    adapters do not fit, and a masked-LM encoder ("mlm"). A few seconds in all."""
     import finetune
     import pretrain
 
@@ -34,9 +34,11 @@ def make_models(root: Path) -> dict[str, Path]:
     (root / "ner.bmes").write_text("\n".join([sentence] * 20), encoding="utf-8")
     rows = [f"{i % 2}\t房间{'很好喜欢' if i % 2 else '很差讨厌'}" for i in range(30)]
     (root / "classify.tsv").write_text("\n".join(["label\ttext_a", *rows]) + "\n", encoding="utf-8")
-    paths = {name: root / name for name in ("clm", "other", "cws", "ner", "classify")}
+    paths = {name: root / name for name in ("clm", "other", "mlm", "cws", "ner", "classify")}
     pretrain.main(["--data", str(root / "corpus.txt"), "--out", str(paths["clm"]), "--max-steps", "5", *TINY])
     pretrain.main(["--data", str(root / "corpus.txt"), "--out", str(paths["other"]), "--max-steps", "1", *TINY])
+    pretrain.main(["--data", str(root / "corpus.txt"), "--out", str(paths["mlm"]), "--max-steps", "1",
+                   "--objective", "mlm", *TINY])
     for task, data in (("cws", "cws.txt"), ("ner", "ner.bmes"), ("classify", "classify.tsv")):
         finetune.main(["--task", task, "--train", str(root / data), "--dev", str(root / data), "--test",
                        str(root / data), "--init", str(paths["clm"]), "--method", "lora", "--out", str(paths[task]),

@@ -7,6 +7,7 @@ import asyncio
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,8 +38,9 @@ def tiny(tmp_path_factory):
     return make_models(tmp_path_factory.mktemp("serve_models"))
 
 
-def _start(ckpt, adapters=None, *, token=None, limits=Limits(), batch=BatchConfig(max_wait_ms=20)) -> ThreadServer:
-    base, served = load_served(ckpt, adapters or {}, device="cpu")
+def _start(ckpt, adapters=None, *, token=None, limits=Limits(), batch=BatchConfig(max_wait_ms=20),
+           int8=False) -> ThreadServer:
+    base, served = load_served(ckpt, adapters or {}, device="cpu", int8=int8)
     server = ThreadServer(build_app(Service(base, served, limits=limits, token=token, batch=batch)))
     server.wait_ready()
     return server
@@ -272,6 +274,15 @@ def test_not_ready_until_warmed_up(tiny_segmenter, monkeypatch):
         server.stop()
 
 
+def test_int8_server_segments(tiny_segmenter):
+    server = _start(tiny_segmenter, int8=True)
+    try:
+        status, _, out = request(server.port, "POST", "/v1/segment", {"texts": ["中国人民站起来了", "北京"]})
+        assert status == 200 and ["".join(words) for words in out["words"]] == ["中国人民站起来了", "北京"]
+    finally:
+        server.stop()
+
+
 def test_start_up_refusals(tiny, tiny_segmenter, tmp_path, monkeypatch):
     monkeypatch.delenv("CHARFORMER_API_TOKEN", raising=False)
     with pytest.raises(CharformerError, match="refusing to listen on 0.0.0.0 without an API token"):
@@ -281,6 +292,10 @@ def test_start_up_refusals(tiny, tiny_segmenter, tmp_path, monkeypatch):
         serve_main.main(["--ckpt", str(tiny_segmenter), "--token-file", str(tmp_path / "empty")])
     with pytest.raises(CharformerError, match="adapter was made for another base model"):
         load_served(tiny["other"], {"seg": tiny["cws"]}, device="cpu")
+    with pytest.raises(CharformerError, match="a bidirectional .masked-LM. checkpoint serves nothing by itself"):
+        load_served(tiny["mlm"], {}, device="cpu")
+    with pytest.raises(CharformerError, match="with --adapter, --ckpt must be the base checkpoint"):
+        load_served(tiny["cws"], {"ner": tiny["ner"]}, device="cpu")
     with pytest.raises(CharformerError, match="--adapter names must differ"):
         serve_main.main(["--ckpt", str(tiny["clm"]), "--adapter", f"a={tiny['cws']}", "--adapter", f"a={tiny['ner']}"])
 
@@ -370,8 +385,10 @@ def test_page_in_a_headless_browser(full):
     options = webdriver.ChromeOptions()
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
         options.add_argument(flag)
-    options.binary_location = "/usr/bin/chromium"
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path="/usr/bin/chromedriver"))
+    browser, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    assert browser and driver_path, "the page test needs Debian's chromium and chromium-driver (see .ci/setup)"
+    options.binary_location = browser  # and no download: selenium is given both programs
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
     try:
         driver.get(f"http://127.0.0.1:{full.port}/")
         wait = WebDriverWait(driver, 30)

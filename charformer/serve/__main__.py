@@ -17,11 +17,16 @@ import argparse
 import logging
 from dataclasses import dataclass, field
 
-import uvicorn
-
 from ..cli import add_dataclass_options, build_dataclass
 from ..errors import CharformerError, run_cli
-from .app import BatchConfig, Service, build_app
+
+try:
+    import uvicorn
+
+    from .app import BatchConfig, Service, build_app
+except ImportError as e:  # the web stack is an optional extra
+    raise SystemExit(f"error: python -m charformer.serve needs the serve extra ({e.name} is missing): "
+                     "pip install 'charformer[serve]'") from None
 from .auth import check_bind, load_token
 from .limits import Limits
 from .models import load_served

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from charformer.errors import CharformerError
@@ -25,7 +26,7 @@ from charformer.serve import __main__ as serve_main, app as serve_app
 from charformer.serve.app import BatchConfig, Service, build_app
 from charformer.serve.batching import Batcher
 from charformer.serve.limits import Limits
-from charformer.serve.models import load_served
+from charformer.serve.models import load_served, share_identical_tensors
 from tests.serve_helpers import ThreadServer, make_models, request
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -281,6 +282,22 @@ def test_int8_server_segments(tiny_segmenter):
         assert status == 200 and ["".join(words) for words in out["words"]] == ["中国人民站起来了", "北京"]
     finally:
         server.stop()
+
+
+def test_adapters_share_the_base_tensors(tiny):
+    base, served = load_served(tiny["clm"], {"seg": tiny["cws"], "ner": tiny["ner"]}, device="cpu")
+    seg, ner = served["seg"].model, served["ner"].model
+    assert seg.body.tok_emb.weight is ner.body.tok_emb.weight is base.model.tok_emb.weight
+    assert base.model.lm_head.weight is base.model.tok_emb.weight  # the LM's tied output layer stays tied
+    q_seg, q_ner = seg.body.blocks[0].attn.q_proj, ner.body.blocks[0].attn.q_proj  # LoRA-wrapped
+    assert q_seg.weight is q_ner.weight and not torch.equal(q_seg.lora.B, q_ner.lora.B)
+    assert seg.head is not ner.head
+
+    a, b, c = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    b.load_state_dict(a.state_dict())
+    c.weight = b.weight  # tied within its model: replaced once, still tied
+    assert share_identical_tensors([a, torch.nn.ModuleList([b, c])]) == 4 * (6 + 2)  # b's weight and bias once each
+    assert a.weight is b.weight is c.weight and a.bias is b.bias and c.bias is not a.bias
 
 
 def test_start_up_refusals(tiny, tiny_segmenter, tmp_path, monkeypatch):

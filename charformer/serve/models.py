@@ -9,8 +9,12 @@ task adapter, put on the base its adapter.json names) serves its task; a causal 
 generation; a bidirectional (masked-LM) pretrained checkpoint serves nothing by itself and is there for its
 adapters. Each ``--adapter NAME=DIR`` is put on that base (`load_adapter` compares the base's fingerprint and
 refuses another base, so a mismatch stops the server at start-up, not at the first request). Each adapter
-gets its own model object (the base weights copied into it), so requests for different adapters never swap
-methods in and out of a shared model.
+gets its own model object, so requests for different adapters never swap methods in and out of a shared
+model; but the weights are not copied per adapter: once every model is loaded and prepared,
+`share_identical_tensors` makes all models point at one copy of each tensor that they hold with identical
+contents (the base's embeddings, norms and unadapted or LoRA-wrapped projections), so memory grows by the
+adapters' own tensors and heads only. Sharing is safe because inference only reads them. (A "full" adapter
+has weights of its own, and int8 layers keep their packed weights apart: neither is shared.)
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
+import hashlib
 
 import torch
 
@@ -91,7 +97,31 @@ def load_served(ckpt: str | Path, adapters: dict[str, str | Path], *, device: st
         raise CharformerError(f"{ckpt}: an adapter; with --adapter, --ckpt must be the base checkpoint they share")
     base = None if adapters and _kind_of(ckpt) == "encoder" else _load(ckpt, dev, int8, None, None)
     served = {name: _load(path, dev, int8, ckpt, name) for name, path in adapters.items()}
+    share_identical_tensors([s.model for s in ([base] if base else []) + list(served.values())])
     return base, served
+
+
+def share_identical_tensors(modules: list[torch.nn.Module]) -> int:
+    """Make every parameter and buffer of `modules` with the same dtype, shape and bytes as one met earlier
+    the very same tensor (in place; ties within a model are kept). Returns the bytes no longer held twice.
+    For inference only: a shared tensor must not be trained or modified."""
+    seen: dict[tuple, torch.Tensor] = {}
+    counted: set[int] = set()
+    saved = 0
+    for module in (m for root in modules for m in root.modules()):
+        for slots in (module._parameters, module._buffers):
+            for key, tensor in slots.items():
+                if tensor is None:
+                    continue
+                raw = tensor.detach().reshape(-1).view(torch.uint8).cpu().numpy()
+                first = seen.setdefault((tensor.dtype, tuple(tensor.shape), str(tensor.device),
+                                         hashlib.sha256(raw).digest()), tensor)
+                if first is not tensor and torch.equal(first, tensor):
+                    if id(tensor) not in counted:  # a tied tensor met twice is saved once
+                        counted.add(id(tensor))
+                        saved += tensor.numel() * tensor.element_size()
+                    slots[key] = first
+    return saved
 
 
 def describe(served: Served) -> dict:

@@ -21,7 +21,7 @@ def two_layer_segmenter(tmp_path_factory):
     data.write_text("\n".join(lines) + "\n", encoding="utf-8")
     finetune.main(["--task", "cws", "--train", str(data), "--dev", str(data), "--test", str(data), "--init", "scratch",
                    "--out", str(root / "seg"), "--n-layers", "2", "--n-heads", "2", "--d-model", "32", "--block-size",
-                   "16", "--batch-size", "8", "--max-steps", "20", "--lr", "3e-3", "--device", "cpu",
+                   "16", "--batch-size", "8", "--max-steps", "8", "--lr", "3e-3", "--device", "cpu",
                    "--log-interval", "10", "--eval-interval", "1000"])
     return root / "seg", data
 

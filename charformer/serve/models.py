@@ -27,7 +27,7 @@ import hashlib
 
 import torch
 
-from ..checkpoint import load_checkpoint, read_meta
+from ..checkpoint import read_meta
 from ..errors import CharformerError
 from ..generate import generate_steps
 from ..heap import retain_freed_memory

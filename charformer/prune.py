@@ -28,6 +28,7 @@ import argparse
 import copy
 import json
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -134,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     drop = set(sorted(range(n_layers), key=lambda i: importance[i])[: cfg.drop_layers])
     print(f"dev F1 lost when each layer is skipped (points): {importance}; dropping layers {sorted(drop)}")
     pruned = without_layers(model, drop)
-    results = {"ckpt": str(args.ckpt), "config": {k.name: getattr(cfg, k.name) for k in fields(cfg)},
+    results = {"command": " ".join(["python -m charformer.prune", *(sys.argv[1:] if argv is None else argv)]),
+               "ckpt": str(args.ckpt), "config": {k.name: getattr(cfg, k.name) for k in fields(cfg)},
                "layer_importance_dev_f1_points": importance, "dropped_layers": sorted(drop),
                "original": describe(model, Path(args.ckpt), objective, data["test"]),
                "pruned_before_recovery": describe(pruned, None, objective, data["test"])}

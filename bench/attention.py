@@ -1,8 +1,8 @@
 """Attention benchmark: naive PyTorch vs fused softmax vs Triton FlashAttention-2 vs PyTorch SDPA.
 
-    python bench/attention.py                    # GPU sweep: T = 512 .. 65536, D = 64 and 128, bf16, both masks
-    python bench/attention.py --quick            # CPU smoke test (< 1 min); Triton runs in the interpreter
-    python bench/attention.py --help
+    python -m bench.attention                    # GPU sweep: T = 512 .. 65536, D = 64 and 128, bf16, both masks
+    python -m bench.attention --quick            # CPU smoke test (< 1 min); Triton runs in the interpreter
+    python -m bench.attention --help             # (or: charformer bench attention ...)
 
 Implementations (all take q, k, v of shape (B, H, T, D) and return o):
     naive           kernels.reference.attention_reference: materialises the (T, T) scores, several passes
@@ -21,7 +21,7 @@ with the fp32 reference (max |error|) when T <= --naive-max-t.
 
 Batch: B = max(1, --tokens // T) unless --batch is given, so every T processes about the same number of tokens.
 
-Output (--out, default bench/results/): attention.json (environment + one record per measurement; rewritten
+Output (--out, default out/attention/; results kept on purpose are copied to bench/results/): attention.json (environment + one record per measurement; rewritten
 after every sweep, so a cut-short run keeps what it measured) and one PNG per sweep (dtype, D, mask, window).
 """
 
@@ -34,7 +34,6 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -42,7 +41,6 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # the Triton interpreter's small numpy matmuls run faster
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernel modules are imported
     torch.set_num_threads(1)  # tiny CPU ops: a 2-core machine ran the naive fwd+bwd at T=128 70x slower with 2
@@ -257,8 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--naive-max-t", type=int, default=4096, help="largest T for O(T^2)-memory implementations")
     p.add_argument("--reps", type=int, default=10, help="timed repeats, median reported (default 10)")
     p.add_argument("--warmup", type=int, default=3, help="untimed repeats first (default 3; autotuning happens here)")
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results",
-                   help="output directory (default bench/results/)")
+    p.add_argument("--out", type=Path, default=Path("out/attention"), help="output directory (default out/attention)")
     p.add_argument("--quick", action="store_true",
                    help="CPU smoke test: T 64 and 128, B=1, H=2, D=32, fp32, 3 reps (overrides those options)")
     args = p.parse_args(argv)

@@ -25,7 +25,7 @@ KERNELS_AUTOTUNE=0 timeout 170 "$PY" -m pytest tests/test_kernel_softmax.py test
     -k "not bf16 and not random_masks" -q -rs --durations=15 --junitxml="$OUT/tests.xml" 2>&1 \
     | tee "$OUT/tests.txt" || status=1
 
-timeout 200 "$PY" bench/attention.py --T 1024 4096 16384 65536 --head-dims 64 128 --dtype bf16 \
+timeout 200 "$PY" -m bench.attention --T 1024 4096 16384 65536 --head-dims 64 128 --dtype bf16 \
     --masks causal bidirectional --tokens 16384 --heads 8 --naive-max-t 4096 --reps 5 --warmup 2 \
     --out "$OUT" 2>&1 | tee "$OUT/bench.txt" || status=1
 

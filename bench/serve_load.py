@@ -18,7 +18,7 @@ The server must answer each with the expected status, keep answering, and lose n
 requests (each answered 200 with its own words). Finally SIGTERM: the server must exit 0.
 
 The bar (issue 17): under 32 clients, batching gives at least 3x the requests/s of batching off, with no
-errors. Output: a table on stdout and JSON with the command (--out, default bench/results/serve_load.json).
+errors. Output: a table on stdout and JSON with the command (--out, default out/serve_load.json).
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=20.0, help="seconds per level at most (default 20)")
     p.add_argument("--max-batch", type=int, default=64, help="the server's --max-batch (default 64)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="the server's --max-wait-ms (default 5)")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "serve_load.json"))
+    p.add_argument("--out", default=str(ROOT / "out" / "serve_load.json"),
+                   help="results JSON (default out/serve_load.json; kept results go in bench/results/)")
     return p
 
 

@@ -15,14 +15,14 @@ from __future__ import annotations
 import torch
 
 from .errors import run_cli
-from .tasks.inference import base_parser, load_for, read_lines, show_progress, write
-from .tasks.objectives import classify_texts
+from .tasks.tool import base_parser, load_for, parse_tool_args, read_lines, show_progress, write
+from .tasks.predict import classify_texts
 
 
 def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__)
     p.add_argument("--probs", action="store_true", help="add the probability of the predicted label")
-    args = p.parse_args(argv)
+    args, own = parse_tool_args(p, argv)
     model, vocab, _ = load_for(args, "classify")
     lines = read_lines(args.file)
     filled = [i for i, (text, _) in enumerate(lines) if text]
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, row in zip(filled, probs):
         text, ending = lines[i]
         label = model.head.labels[int(row.argmax())]
-        out[i] = f"{label}\t{float(row.max()):.4f}\t{text}{ending}" if args.probs else f"{label}\t{text}{ending}"
+        out[i] = f"{label}\t{float(row.max()):.4f}\t{text}{ending}" if own["probs"] else f"{label}\t{text}{ending}"
     write("".join(out))
     return 0
 

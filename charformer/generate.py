@@ -1,7 +1,8 @@
 """Autoregressive sampling from a causal `CharTransformer`, with a KV cache.
 
-Each step feeds only the newest character and reuses the keys/values of earlier ones (`KVCache`), so a step
-costs O(T) instead of re-running the whole context. The cache covers `block_size` positions; once the context
+Each step feeds only the newest character and reuses the keys/values of earlier ones (`KVCache`; for an
+hourglass model an `HourglassCache`, whose shortened layers hold one entry per group of K characters; both from
+`CharTransformer.new_cache`), so a step costs O(T) instead of re-running the whole context. The cache covers `block_size` positions; once the context
 is longer, the model sees a sliding window of the last `block_size` characters, which cached decoding must
 recompute (the hidden states of every kept character change when the oldest one leaves). Cached and uncached
 decoding therefore compute the same logits at every step (`tests/test_generate.py`).
@@ -17,7 +18,7 @@ from typing import Iterator
 
 import torch
 
-from .model import CharTransformer, KVCache
+from .model import CharTransformer
 
 
 def filter_logits(logits: torch.Tensor, *, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -69,7 +70,7 @@ def generate_steps(
         else:
             if cache is None or cache.length >= block:
                 # First step, or the cache is full: (re)fill it with the last block_size characters.
-                cache = KVCache(model.cfg, idx.shape[0], block, idx.device, model.tok_emb.weight.dtype)
+                cache = model.new_cache(idx.shape[0], block)
                 logits = model(idx[:, -block:], cache=cache)[:, -1]
             else:
                 logits = model(idx[:, -1:], cache=cache)[:, -1]

@@ -42,8 +42,9 @@ from .errors import CharformerError, run_cli
 from .quantize import prepare_for_inference
 from .tasks.heads import Tagger
 from .tasks.jobs import TaskConfig, read_task_files
-from .tasks.model import load_task_checkpoint, save_task_checkpoint
-from .tasks.objectives import TaggingObjective, tag_texts
+from .tasks.checkpoint import load_task_checkpoint, save_task_checkpoint
+from .tasks.objectives import TaggingObjective
+from .tasks.predict import tag_texts
 from .tasks.schemes import spans_to_words
 from .train import TrainConfig, fit
 
@@ -109,6 +110,20 @@ def describe(model: Tagger, path: Path | None, objective: TaggingObjective, test
     return out
 
 
+class _Checkpoints:
+    """The `charformer.train.Checkpointer` of the recovery run: task checkpoints of the pruned model."""
+
+    def __init__(self, model: Tagger, vocab, task: dict, source: str):
+        self.model, self.vocab, self.task, self.extra = model, vocab, task, {"pruned_from": source}
+
+    def save_last(self, path, trainer_state, trainer_tensors, weights) -> None:
+        save_task_checkpoint(path, self.model, self.vocab, self.task, extra=self.extra, trainer_state=trainer_state,
+                             trainer_tensors=trainer_tensors, weights=weights)
+
+    def save_best(self, path, weights) -> None:
+        save_task_checkpoint(path, self.model, self.vocab, self.task, extra=self.extra, weights=weights)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m charformer.prune", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -144,15 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if cfg.recover_steps:
         pruned.train()
-
-        def save(path, trainer_state, trainer_tensors, weights):
-            save_task_checkpoint(path, pruned, vocab, task, extra={"pruned_from": str(args.ckpt)},
-                                 trainer_state=trainer_state, trainer_tensors=trainer_tensors, weights=weights)
-
         train_cfg = TrainConfig(max_steps=cfg.recover_steps, batch_size=cfg.batch_size, lr=cfg.lr, min_lr=cfg.lr / 10,
                                 warmup_steps=min(50, cfg.recover_steps // 10), eval_interval=cfg.recover_steps,
                                 log_interval=max(1, cfg.recover_steps // 10), device=cfg.device)
-        fit(pruned, objective, train_cfg, out, save, desc="recover")
+        fit(pruned, objective, train_cfg, out, _Checkpoints(pruned, vocab, task, str(args.ckpt)), desc="recover")
         pruned = load_task_checkpoint(out / "best", cfg.device)[0]
     else:
         save_task_checkpoint(out / "best", pruned, vocab, task, extra={"pruned_from": str(args.ckpt)})

@@ -23,8 +23,8 @@ import re
 import torch
 
 from .errors import CharformerError, excerpt, run_cli
-from .tasks.inference import base_parser, load_for, read_lines, show_progress, write
-from .tasks.objectives import tag_texts
+from .tasks.tool import base_parser, load_for, parse_tool_args, read_lines, show_progress, write
+from .tasks.predict import tag_texts
 from .tasks.schemes import spans_to_words
 
 
@@ -57,8 +57,8 @@ def join_words(line: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__)
     p.add_argument("--join", action="store_true", help="the inverse: read segmented lines, write the text back")
-    args = p.parse_args(argv)
-    if args.join:
+    args, own = parse_tool_args(p, argv)
+    if own["join"]:
         for n, (text, ending) in enumerate(read_lines(args.file), 1):
             try:
                 write(join_words(text) + ending)

@@ -23,18 +23,18 @@ import json
 import torch
 
 from .errors import CharformerError, run_cli
-from .tasks.inference import base_parser, load_for, read_lines, show_progress, write
-from .tasks.objectives import predict_tags
+from .tasks.tool import base_parser, load_for, parse_tool_args, read_lines, show_progress, write
+from .tasks.predict import predict_tags
 from .tasks.schemes import tags_to_spans
 
 
 def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__)
     p.add_argument("--format", choices=("conll", "jsonl"), default="conll", help="output format (default conll)")
-    args = p.parse_args(argv)
+    args, own = parse_tool_args(p, argv)
     model, vocab, task = load_for(args, "ner")
     texts = [text for text, _ in read_lines(args.file)]
-    if args.format == "conll":
+    if own["format"] == "conll":
         tabbed = next((n for n, text in enumerate(texts, 1) if "\t" in text), None)
         if tabbed is not None:
             raise CharformerError(f"{args.file or '<stdin>'}:{tabbed}: a TAB cannot be written as a CoNLL token "
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     out = []
     for text, path in zip(texts, paths):
         tags = [model.head.tags[i] for i in path]
-        if args.format == "conll":
+        if own["format"] == "conll":
             if text:
                 out.append("".join(f"{char}\t{tag}\n" for char, tag in zip(text, tags)) + "\n")
         else:

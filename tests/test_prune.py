@@ -8,7 +8,7 @@ import pytest
 import finetune
 from charformer import prune
 from charformer.errors import CharformerError
-from charformer.tasks.model import load_task_checkpoint
+from charformer.tasks.checkpoint import load_task_checkpoint
 
 WORDS = ["中国", "人民", "站", "起来", "了", "我们", "北京", "天安门", "，", "。"]
 

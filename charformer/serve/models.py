@@ -33,8 +33,8 @@ from ..generate import generate_steps
 from ..heap import retain_freed_memory
 from ..peft import find_adapter, load_adapted_checkpoint, read_adapter_meta
 from ..quantize import inference_device, prepare_for_inference
-from ..tasks.model import load_task_checkpoint
-from ..tasks.objectives import classify_texts, tag_texts
+from ..tasks.checkpoint import load_task_checkpoint
+from ..tasks.predict import classify_texts, tag_texts
 from ..tasks.schemes import spans_to_words, split_tag
 from ..vocab import EOS_ID, CharVocab
 

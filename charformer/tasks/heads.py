@@ -75,14 +75,20 @@ class TokenTaggingHead(nn.Module):
         return viterbi(scores.log_softmax(-1), lengths, self.start_scores, self.trans_scores, self.end_scores)
 
 
+def check_pooling(pooling: str) -> None:
+    """Raise ValueError unless `pooling` is ``"mean"`` (over a text's characters) or ``"cls"`` (its [CLS]
+    position)."""
+    if pooling not in ("mean", "cls"):
+        raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+
+
 class SequenceClassificationHead(nn.Module):
     """Pools chunk features into one vector per text (``"mean"`` over real characters, or ``"cls"``) and
     scores the L labels."""
 
     def __init__(self, d_model: int, labels: list[str], *, pooling: str = "mean", dropout: float = 0.1):
         super().__init__()
-        if pooling not in ("mean", "cls"):
-            raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+        check_pooling(pooling)
         self.labels, self.pooling = list(labels), pooling
         self.dropout = nn.Dropout(dropout)
         self.proj = _linear(d_model, len(labels))

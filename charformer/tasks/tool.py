@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass, fields
+from typing import Any
 
 from ..data import decode_utf8, read_text, split_lines
 from ..errors import CharformerError
 from ..heap import retain_freed_memory
 from ..quantize import inference_device, prepare_for_inference
-from .model import load_task_checkpoint
+from .checkpoint import load_task_checkpoint
 
 TOOLS = {"cws": "charformer.segment", "ner": "charformer.tag", "classify": "charformer.classify"}
 PROGRESS_MIN_LINES = 1000  # show a progress bar (stderr) from this many input lines on
@@ -41,7 +43,26 @@ def base_parser(doc: str) -> argparse.ArgumentParser:
     return p
 
 
-def load_for(args: argparse.Namespace, task: str):
+@dataclass
+class ToolArgs:
+    """The options every prediction tool has (`base_parser`)."""
+
+    ckpt: str
+    base: str | None
+    file: str | None  # None: stdin
+    batch_size: int
+    device: str
+    int8: bool
+
+
+def parse_tool_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[ToolArgs, dict[str, Any]]:
+    """Parse a tool's command line (`base_parser` and the tool's own options): the shared options, and the
+    tool's own by name."""
+    parsed = vars(parser.parse_args(argv))
+    return ToolArgs(**{f.name: parsed.pop(f.name) for f in fields(ToolArgs)}), parsed
+
+
+def load_for(args: ToolArgs, task: str):
     """The task model of ``args.ckpt`` on ``args.device``, ready for inference (`prepare_for_inference`), with
     its vocabulary and task description; also sets this process's malloc for inference
     (`charformer.heap.retain_freed_memory`). Raises CharformerError if the checkpoint is for another task

@@ -27,6 +27,8 @@ COMMANDS = {
     "segment": ("charformer.segment", "segment text into words with a cws checkpoint"),
     "tag": ("charformer.tag", "tag named entities with an ner checkpoint"),
     "classify": ("charformer.classify", "classify texts with a classify checkpoint"),
+    "serve": ("charformer.serve.__main__", "serve a model (and its adapters) over HTTP: segment, tag, classify, generate"),
+    "prune": ("charformer.prune", "drop a tagger's least important layers, recover, report size/speed/F1"),
     "bench": (None, "run a benchmark: charformer bench NAME [options]"),
 }
 BENCHMARKS = {
@@ -35,6 +37,7 @@ BENCHMARKS = {
     "train_throughput": "training throughput (characters/s, MFU) per model size and attention implementation",
     "inference": "prediction tools end to end: fp32 against int8, segmentation and generation",
     "peft_compare": "fine-tuning methods compared on cws, classification and LM adaptation",
+    "serve_load": "the HTTP server under load (1/8/32 clients, batching on/off) and faults, on loopback",
 }
 
 

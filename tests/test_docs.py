@@ -51,7 +51,7 @@ def python_blocks(text: str, name: str = "<markdown>") -> list[tuple[int, str]]:
     return blocks
 
 
-def run_markdown(path: Path, timeout: float = 120.0) -> subprocess.CompletedProcess:
+def run_markdown(path: Path, timeout: float = 600.0) -> subprocess.CompletedProcess:
     """Run the python blocks of `path` in a fresh interpreter (see the module docstring); returns the process."""
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
                MPLBACKEND="Agg")

@@ -30,7 +30,7 @@ def _assert_close(actual, expected, dtype, what):
 
 
 @pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("shape", [(1, 1, 1, 16), (2, 1, 7, 8), (1, 2, 65, 32)])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 16), (2, 1, 7, 8), (1, 2, 33, 32)])
 def test_naive_attention(shape, causal, device):
     q, k, v, _ = _inputs(*shape, torch.float32, device)
     o, lse = naive_attention(q, k, v, causal=causal)

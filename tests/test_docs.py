@@ -3,9 +3,9 @@ the Triton tutorials do it).
 
 A small collector of our own: `python_blocks` finds the fenced blocks whose info string is exactly ``python``;
 `run_markdown` executes one file's blocks in order, in one namespace, in a fresh subprocess with the repository
-root as working directory and ``TRITON_INTERPRET=1`` (kernel snippets run on the CPU). Each block is compiled
-with the markdown file's name and padded so that its line numbers are the file's: a failing snippet's traceback
-points at ``docs/03-attention.md``, line N. Other languages (bash, text) are shown, not run.
+root as working directory and, without a GPU, ``TRITON_INTERPRET=1`` (kernel snippets run on the CPU). Each
+block is compiled with the markdown file's name and padded so that its line numbers are the file's: a failing
+snippet's traceback points at ``docs/03-attention.md``, line N. Other languages (bash, text) are shown, not run.
 
     python -m tests.test_docs docs/01-characters.md      # run one chapter by hand
 """
@@ -20,6 +20,7 @@ import traceback
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -53,8 +54,9 @@ def python_blocks(text: str, name: str = "<markdown>") -> list[tuple[int, str]]:
 
 def run_markdown(path: Path, timeout: float = 600.0) -> subprocess.CompletedProcess:
     """Run the python blocks of `path` in a fresh interpreter (see the module docstring); returns the process."""
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
-               MPLBACKEND="Agg")
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), MPLBACKEND="Agg")
+    if not torch.cuda.is_available():  # as tests/conftest.py: kernels run in the interpreter when there is no GPU
+        env.setdefault("TRITON_INTERPRET", "1")
     return subprocess.run([sys.executable, "-m", "tests.test_docs", str(path)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

@@ -25,7 +25,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 CHAPTERS = sorted(DOCS.glob("[0-9][0-9]-*.md"))
-FENCE = re.compile(r"^(\s*)```(.*)$")
+FENCE = re.compile(r"^(\s*)```(.*)$")  # an opening fence and its info string
+CLOSE = re.compile(r"^\s*```\s*$")
 
 
 def python_blocks(text: str, name: str = "<markdown>") -> list[tuple[int, str]]:
@@ -40,8 +41,7 @@ def python_blocks(text: str, name: str = "<markdown>") -> list[tuple[int, str]]:
             i += 1
             continue
         indent, info = match.group(1), match.group(2).strip()
-        end = next((j for j in range(i + 1, len(lines)) if FENCE.match(lines[j]) and not FENCE.match(lines[j]).group(2)),
-                   None)
+        end = next((j for j in range(i + 1, len(lines)) if CLOSE.match(lines[j])), None)
         if end is None:
             raise ValueError(f"{name}:{i + 1}: code fence never closed")
         if info == "python":

@@ -2,7 +2,8 @@
 
 With S = scale·q kᵀ (causal mask), P = softmax(S), O = P v and the upstream gradient dO:
 
-    dV = Pᵀ dO;   dP = dO vᵀ;   dS = P ⊙ (dP − Δ);   dQ = scale·dS k;   dK = scale·dSᵀ q;   Δ_i = dO_i · O_i
+    dV = Pᵀ dO;   dP = dO vᵀ;   dS = P ⊙ (dP − Δ);   dQ = scale·dS k;   dK = scale·dSᵀ q
+    where Δ_i = dO_i · O_i
 
 P is not stored: each tile rebuilds it from q, k and the saved lse as P = exp(S − lse). Δ, a sum over all keys
 of row i, equals dO_i · O_i, so it is computed before the kernel in O(T·D) (one line of PyTorch below).

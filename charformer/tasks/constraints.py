@@ -1,0 +1,102 @@
+"""Constraints on the BMES tag lattice of word segmentation: user-dictionary words and unbreakable runs.
+
+A segmentation is a path of BMES tags (`charformer.tasks.schemes`), decoded by Viterbi over per-character
+scores. Adding a score bias ``(n, 4)`` to those scores before decoding steers the path; -inf on a tag removes
+it from the lattice, so whatever the model says, no path through it is chosen (the grammar always leaves a
+valid path, see below). Three kinds of constraint, combined into one bias by `lattice_bias`:
+
+* **whole** (a dictionary word in ``force`` mode, span [s, e)): the word must come out as one word, so its
+  tags are fixed: S for one character, else B at s, M inside, E at e - 1. B at s forces a boundary before it
+  and E at e - 1 one after it, so no word of the output crosses its edges.
+* **unbroken** (a protected run, [s, e)): no boundary inside, but the run may join its neighbours (CTB writes
+  "1998年" as one word): positions s + 1 .. e - 1 cannot start a word (not B or S), positions s .. e - 2 cannot
+  end one (not E or S).
+* **bonus** (a dictionary word in ``prefer`` mode): the word's own tags (as for *whole*) get ``weight x
+  bonus`` added to their scores (nats, on the log-probability or CRF-score scale); the model may still
+  disagree where it is surer than the bonus.
+
+Every allowed set is non-empty and the constraints never contradict one another (dictionary matches do not
+overlap, nor do protected runs, and a protected run that crosses the edge of a forced word is dropped, the
+user's dictionary winning), so under the BMES grammar a valid path always exists: for example an unbroken run
+starts with B or M, which may follow the E or S that ends the word before it.
+
+**Protected runs** (`protected_spans`, on by default in `charformer.segment`): URLs, e-mail addresses, and
+runs of Latin letters and digits, half- or full-width, joined by a hyphen, slash, apostrophe or a decimal
+point ("COVID-19", "3.14", "2020-01-05", "１９９８", "GitHub"), or by a comma before exactly three digits (a
+thousands separator, "1,000,000"; "1，2" is a list, and stays cuttable). Found by one regular expression, in
+the order URL, e-mail, alphanumeric run, leftmost first.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .lexicon import Lexicon
+
+BMES = ("B", "M", "E", "S")
+B, M, E, S = range(4)
+MODES = ("force", "prefer")
+DEFAULT_BONUS = 2.0  # nats per character of a dictionary word in prefer mode (weight 1)
+
+_ALNUM = "0-9０-９A-Za-zＡ-Ｚａ-ｚ"
+_DIGIT = "0-9０-９"
+_URL_CHARS = r"A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%"
+PROTECTED = re.compile(
+    rf"(?i:https?://|ftp://|www\.)[{_URL_CHARS}]*[A-Za-z0-9\-_~/#=&%]"  # a URL, less trailing punctuation
+    r"|[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+"  # an e-mail address
+    rf"|[{_ALNUM}]+(?:(?:[-－/／.．'’]|[,，](?=[{_DIGIT}]{{3}}(?![{_ALNUM}])))[{_ALNUM}]+)*"  # alphanumeric run
+)
+
+
+def protected_spans(text: str) -> list[tuple[int, int]]:
+    """The runs of `text` that must not be cut inside (see the module docstring), as ``(start, end)``, in order;
+    one-character runs are left out (there is nothing to cut)."""
+    return [m.span() for m in PROTECTED.finditer(text) if m.end() - m.start() > 1]
+
+
+def word_tags(start: int, end: int) -> np.ndarray:
+    """BMES tag indices of one word over [start, end)."""
+    if end - start == 1:
+        return np.array([S])
+    return np.array([B] + [M] * (end - start - 2) + [E])
+
+
+def compatible(run: tuple[int, int], words: Sequence[tuple[int, int, float]]) -> bool:
+    """Whether an unbroken `run` agrees with the whole `words` (in order): it lies inside one, or touches none."""
+    s, e = run
+    for ws, we, _ in words:
+        if ws < e and s < we:  # overlaps this word
+            return ws <= s and e <= we
+    return True
+
+
+def lattice_bias(text: str, *, lexicon: Lexicon | None = None, mode: str = "force", bonus: float = DEFAULT_BONUS,
+                 protect: bool = True) -> torch.Tensor | None:
+    """Score bias ``(len(text), 4)`` float32 over the BMES tags (B, M, E, S in that order) for `text`: -inf where
+    a constraint forbids a tag, ``weight x bonus`` on the tags of a preferred word, 0 elsewhere; None when
+    nothing applies. `mode` is ``force`` or ``prefer`` (raises ValueError otherwise)."""
+    if mode not in MODES:
+        raise ValueError(f"dictionary mode must be one of {MODES}, got {mode!r}")
+    words = lexicon.matches(text) if lexicon is not None else []
+    runs = protected_spans(text) if protect else []
+    if mode == "force":
+        runs = [run for run in runs if compatible(run, words)]
+    if not words and not runs:
+        return None
+    n = len(text)
+    bias = np.zeros((n, 4), dtype=np.float32)
+    for s, e in runs:
+        bias[s + 1 : e, [B, S]] = -np.inf  # no word starts inside the run
+        bias[s : e - 1, [E, S]] = -np.inf  # and none ends inside it
+    for s, e, weight in words:
+        positions, tags = np.arange(s, e), word_tags(s, e)
+        if mode == "force":  # the runs left inside the word allow its tags, so these overwrite nothing needed
+            bias[s:e] = -np.inf
+            bias[positions, tags] = 0.0
+        else:
+            bias[positions, tags] += weight * bonus
+    return torch.from_numpy(bias)

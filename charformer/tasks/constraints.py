@@ -58,11 +58,9 @@ def protected_spans(text: str) -> list[tuple[int, int]]:
     return [m.span() for m in PROTECTED.finditer(text) if m.end() - m.start() > 1]
 
 
-def word_tags(start: int, end: int) -> np.ndarray:
-    """BMES tag indices of one word over [start, end)."""
-    if end - start == 1:
-        return np.array([S])
-    return np.array([B] + [M] * (end - start - 2) + [E])
+def word_tags(length: int) -> list[int]:
+    """BMES tag indices of a word of `length` characters."""
+    return [S] if length == 1 else [B] + [M] * (length - 2) + [E]
 
 
 def compatible(run: tuple[int, int], words: Sequence[tuple[int, int, float]]) -> bool:
@@ -92,11 +90,18 @@ def lattice_bias(text: str, *, lexicon: Lexicon | None = None, mode: str = "forc
     for s, e in runs:
         bias[s + 1 : e, [B, S]] = -np.inf  # no word starts inside the run
         bias[s : e - 1, [E, S]] = -np.inf  # and none ends inside it
-    for s, e, weight in words:
-        positions, tags = np.arange(s, e), word_tags(s, e)
-        if mode == "force":  # the runs left inside the word allow its tags, so these overwrite nothing needed
-            bias[s:e] = -np.inf
-            bias[positions, tags] = 0.0
+    if words:
+        # The words' tags and weights per position, built as lists (a numpy call per word would cost more
+        # than the scan that found it), then applied in one indexing step.
+        tags, weights = [-1] * n, [0.0] * n
+        for s, e, weight in words:
+            tags[s:e] = word_tags(e - s)
+            weights[s:e] = [weight] * (e - s)
+        tags = np.array(tags)
+        positions = np.flatnonzero(tags >= 0)
+        if mode == "force":  # the runs left inside a word allow its tags, so these overwrite nothing needed
+            bias[positions] = -np.inf
+            bias[positions, tags[positions]] = 0.0
         else:
-            bias[positions, tags] += weight * bonus
+            bias[positions, tags[positions]] += np.array(weights, dtype=np.float32)[positions] * bonus
     return torch.from_numpy(bias)

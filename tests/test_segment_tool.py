@@ -41,6 +41,16 @@ def test_user_dictionary_and_protection_on_the_command_line(tiny_segmenter, tmp_
     assert second == ["深度求索", "深度求索"]
 
 
+def test_prefer_mode_with_a_bonus_no_model_overrules(tiny_segmenter, tmp_path):
+    dictionary = _lexicon_file(tmp_path, "求索发布", "苗报")
+    path = tmp_path / "in.txt"
+    path.write_text(TEXT + "\n", encoding="utf-8")
+    out = run_tool(segment.main, ["--ckpt", str(tiny_segmenter), "--user-dict", str(dictionary), "--dict-mode",
+                                  "prefer", "--dict-bonus", "1000", str(path)]).decode()
+    words = words_of(out.rstrip("\n"))
+    assert "求索发布" in words and "苗报" in words and "".join(words) == TEXT
+
+
 def test_python_api(tiny_segmenter, tmp_path):
     segmenter = Segmenter.load(tiny_segmenter, device="cpu", user_dict=None, protect=True)
     words = segmenter.cut(TEXT)

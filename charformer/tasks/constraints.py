@@ -63,13 +63,17 @@ def word_tags(length: int) -> list[int]:
     return [S] if length == 1 else [B] + [M] * (length - 2) + [E]
 
 
-def compatible(run: tuple[int, int], words: Sequence[tuple[int, int, float]]) -> bool:
-    """Whether an unbroken `run` agrees with the whole `words` (in order): it lies inside one, or touches none."""
-    s, e = run
-    for ws, we, _ in words:
-        if ws < e and s < we:  # overlaps this word
-            return ws <= s and e <= we
-    return True
+def runs_outside_words(runs: Sequence[tuple[int, int]], words: Sequence[tuple[int, int, float]]) -> list[tuple[int, int]]:
+    """The unbroken `runs` that agree with the whole `words` (both in order, neither overlapping itself): those
+    that touch no word or lie inside one. One merge pass, O(runs + words)."""
+    kept, i = [], 0
+    for s, e in runs:
+        while i < len(words) and words[i][1] <= s:
+            i += 1
+        # words[i], if any, is the first word that ends after s: the only one that can hold the run
+        if i == len(words) or words[i][0] >= e or (words[i][0] <= s and e <= words[i][1]):
+            kept.append((s, e))
+    return kept
 
 
 def lattice_bias(text: str, *, lexicon: Lexicon | None = None, mode: str = "force", bonus: float = DEFAULT_BONUS,
@@ -82,7 +86,7 @@ def lattice_bias(text: str, *, lexicon: Lexicon | None = None, mode: str = "forc
     words = lexicon.matches(text) if lexicon is not None else []
     runs = protected_spans(text) if protect else []
     if mode == "force":
-        runs = [run for run in runs if compatible(run, words)]
+        runs = runs_outside_words(runs, words)
     if not words and not runs:
         return None
     n = len(text)

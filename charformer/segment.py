@@ -19,8 +19,9 @@ Decoding is constrained (`charformer.tasks.constraints`): runs of digits and Lat
 "COVID-19", "GitHub"), URLs and e-mail addresses are never cut inside (``--no-protect`` turns this off), and
 with ``--user-dict FILE`` every dictionary word found in a line (leftmost-longest, without overlap) comes out
 as one word with no word crossing its edges (``--dict-mode force``), or gets a score bonus that the model may
-overrule (``prefer``). In Python: `charformer.tasks.segmenter.Segmenter`. The input is streamed
-(`charformer.tasks.streaming`): output is written a window of lines at a time, in input order.
+overrule (``prefer``); a dictionary word holding an ASCII space stays one word in Python, but is written by
+the rule above, its spaces as words of their own. In Python: `charformer.tasks.segmenter.Segmenter`. The input
+is streamed (`charformer.tasks.streaming`): output is written a window of lines at a time, in input order.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ valid path, see below). Three kinds of constraint, combined into one bias by `la
   end one (not E or S).
 * **bonus** (a dictionary word in ``prefer`` mode): the word's own tags (as for *whole*) get ``weight x
   bonus`` added to their scores (nats, on the log-probability or CRF-score scale); the model may still
-  disagree where it is surer than the bonus.
+  disagree where it is surer than the bonus. Protected runs stay hard constraints in this mode.
 
 Every allowed set is non-empty and the constraints never contradict one another (dictionary matches do not
 overlap, nor do protected runs, and a protected run that crosses the edge of a forced word is dropped, the

@@ -4,7 +4,8 @@
 
 The dictionary is every word of the shared CWS training corpora (CTB6, UD, Weibo, Zhuxian), topped up to --words
 with pairs of adjacent words from them (compounds, as users add), written as a file and read by `read_lexicon`.
-Timed (median of --repeats, one thread): reading the file; `Lexicon.matches` (leftmost-longest scan of the
+Timed in CPU time of this one-thread process (``time.process_time``, so that other processes on a shared
+machine do not count; median of --repeats): reading the file; `Lexicon.matches` (leftmost-longest scan of the
 trie) and `lattice_bias` in force mode with protection on, over the sentences of --test, in characters per
 second. The figure to compare with is the segmenter's own speed (bench/cws_peers.py, bench/inference.py):
 the constraints should cost a small fraction of it.
@@ -51,9 +52,9 @@ def dictionary_words(n: int) -> list[str]:
 def median_seconds(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     return statistics.median(times)
 
 

@@ -13,7 +13,8 @@ One sentence per line in. Output formats:
   "text"}]}``, offsets in characters (code points) with ``end`` exclusive, ``text == line[start:end]``.
 
 Both keep every character as it was; line endings (LF, CRLF, CR) and a leading byte-order mark are not part of
-the text (`charformer.data`).
+the text (`charformer.data`). The input is streamed (`charformer.tasks.streaming`): output is written a window
+of lines at a time, in input order.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ import json
 import torch
 
 from .errors import CharformerError, run_cli
-from .tasks.tool import base_parser, load_for, parse_tool_args, read_lines, show_progress, write
 from .tasks.predict import predict_tags
 from .tasks.schemes import tags_to_spans
+from .tasks.streaming import read_windows
+from .tasks.tool import base_parser, load_for, parse_tool_args, show_progress, write
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,26 +35,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", choices=("conll", "jsonl"), default="conll", help="output format (default conll)")
     args, own = parse_tool_args(p, argv)
     model, vocab, task = load_for(args, "ner")
-    texts = [text for text, _ in read_lines(args.file)]
-    if own["format"] == "conll":
-        tabbed = next((n for n, text in enumerate(texts, 1) if "\t" in text), None)
-        if tabbed is not None:
-            raise CharformerError(f"{args.file or '<stdin>'}:{tabbed}: a TAB cannot be written as a CoNLL token "
-                                  "(it separates the columns): use --format jsonl")
-    with torch.inference_mode():
-        paths = predict_tags(model, [vocab.encode_aligned(t) for t in texts], batch_size=args.batch_size,
-                             overlap=task["overlap"], progress=show_progress(texts))
-    out = []
-    for text, path in zip(texts, paths):
-        tags = [model.head.tags[i] for i in path]
+    n_read = 0
+    for lines in read_windows(args.file, args.window_chars):
+        texts = [text for text, _ in lines]
         if own["format"] == "conll":
-            if text:
-                out.append("".join(f"{char}\t{tag}\n" for char, tag in zip(text, tags)) + "\n")
-        else:
-            entities = [{"start": s, "end": e, "type": t, "text": text[s:e]} for s, e, t in tags_to_spans(tags)]
-            out.append(json.dumps({"text": text, "entities": entities}, ensure_ascii=False) + "\n")
-    write("".join(out))
+            tabbed = next((n for n, text in enumerate(texts, n_read + 1) if "\t" in text), None)
+            if tabbed is not None:
+                raise CharformerError(f"{args.file or '<stdin>'}:{tabbed}: a TAB cannot be written as a CoNLL "
+                                      "token (it separates the columns): use --format jsonl")
+        n_read += len(texts)
+        with torch.inference_mode():
+            paths = predict_tags(model, [vocab.encode_aligned(t) for t in texts], batch_size=args.batch_size,
+                                 overlap=task["overlap"], progress=show_progress(texts))
+        write(format_window(texts, [[model.head.tags[i] for i in path] for path in paths], own["format"]))
     return 0
+
+
+def format_window(texts: list[str], tags: list[list[str]], output_format: str) -> str:
+    """The output of a window of texts with their predicted tags, in ``conll`` or ``jsonl``."""
+    out = []
+    for text, text_tags in zip(texts, tags):
+        if output_format == "conll":
+            if text:
+                out.append("".join(f"{char}\t{tag}\n" for char, tag in zip(text, text_tags)) + "\n")
+        else:
+            entities = [{"start": s, "end": e, "type": t, "text": text[s:e]} for s, e, t in tags_to_spans(text_tags)]
+            out.append(json.dumps({"text": text, "entities": entities}, ensure_ascii=False) + "\n")
+    return "".join(out)
 
 
 if __name__ == "__main__":

@@ -68,11 +68,16 @@ class TokenTaggingHead(nn.Module):
         targets = tags.masked_fill(~real, IGNORE_INDEX)
         return F.cross_entropy(scores.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum") / n_real
 
-    def decode(self, scores: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
-        """Best valid tag-index path of each sequence."""
+    def decode(self, scores: torch.Tensor, lengths: torch.Tensor, bias: torch.Tensor | None = None) -> list[list[int]]:
+        """Best valid tag-index path of each sequence. `bias` ``(B, T, K)``, if given, is added to the scores the
+        path is chosen by (the CRF's emissions, or the softmax tagger's log-probabilities): -inf removes a tag
+        from the lattice (`charformer.tasks.constraints`)."""
+        emissions = scores if self.crf is not None else scores.log_softmax(-1)
+        if bias is not None:
+            emissions = emissions + bias
         if self.crf is not None:
-            return self.crf.decode(scores, lengths)
-        return viterbi(scores.log_softmax(-1), lengths, self.start_scores, self.trans_scores, self.end_scores)
+            return self.crf.decode(emissions, lengths)
+        return viterbi(emissions, lengths, self.start_scores, self.trans_scores, self.end_scores)
 
 
 def check_pooling(pooling: str) -> None:

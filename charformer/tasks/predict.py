@@ -40,11 +40,12 @@ def _batch_starts(n: int, batch_size: int, progress: bool):
 
 
 def predict_tags(model: Tagger, id_seqs: Sequence[Sequence[int]], *, batch_size: int, overlap: int,
-                 progress: bool = False) -> list[list[int]]:
+                 progress: bool = False, bias: Sequence[torch.Tensor | None] | None = None) -> list[list[int]]:
     """Tag indices of every sentence (lists of character ids, any length): the windows of all sentences go
     through the model in batches of `batch_size` (longest first, so batches pad little), their kept scores are
     stitched per sentence, and each sentence is decoded whole, sentences of similar length together
-    (`decode_groups`). Call under no_grad, in eval mode."""
+    (`decode_groups`). `bias`, if given, holds per sentence None or an ``(n_i, K)`` score bias for the decoder
+    (`TokenTaggingHead.decode`). Call under no_grad, in eval mode."""
     device, size, n_tags = _device(model), model.body.cfg.block_size, len(model.head.tags)
     scores = [torch.zeros(len(ids), n_tags) for ids in id_seqs]  # stitched (n_i, K) per sentence, on the CPU
     rows = [(i, w) for i, ids in enumerate(id_seqs) for w in plan_windows(len(ids), size, overlap)]
@@ -61,9 +62,16 @@ def predict_tags(model: Tagger, id_seqs: Sequence[Sequence[int]], *, batch_size:
         batch = [order[j] for j in group]
         lengths = torch.tensor([len(id_seqs[i]) for i in batch])
         padded = torch.zeros(len(batch), int(lengths.max()), n_tags)
+        padded_bias = None
+        if bias is not None and any(bias[i] is not None for i in batch):
+            padded_bias = torch.zeros_like(padded)
         for row, i in enumerate(batch):
             padded[row, : len(scores[i])] = scores[i]
-        for i, path in zip(batch, model.head.decode(padded.to(device), lengths.to(device))):
+            if padded_bias is not None and bias[i] is not None:
+                padded_bias[row, : len(scores[i])] = bias[i]
+        decoded = model.head.decode(padded.to(device), lengths.to(device),
+                                    None if padded_bias is None else padded_bias.to(device))
+        for i, path in zip(batch, decoded):
             paths[i] = path
     return paths
 
@@ -108,11 +116,12 @@ def predict_label_probs(model: Classifier, id_seqs: Sequence[Sequence[int]], *, 
 
 
 def tag_texts(model: Tagger, vocab: CharVocab, texts: Sequence[str], *, batch_size: int, overlap: int,
-              progress: bool = False) -> list[list]:
-    """Predicted spans (words or entities, see `schemes.tags_to_spans`) of each text."""
+              progress: bool = False, bias: Sequence[torch.Tensor | None] | None = None) -> list[list]:
+    """Predicted spans (words or entities, see `schemes.tags_to_spans`) of each text; `bias` as in
+    `predict_tags`."""
     tags = model.head.tags
     paths = predict_tags(model, [vocab.encode_aligned(t) for t in texts], batch_size=batch_size, overlap=overlap,
-                         progress=progress)
+                         progress=progress, bias=bias)
     return [tags_to_spans([tags[i] for i in path]) for path in paths]
 
 

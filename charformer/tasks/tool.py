@@ -24,6 +24,7 @@ from ..errors import CharformerError
 from ..heap import retain_freed_memory
 from ..quantize import inference_device, prepare_for_inference
 from .checkpoint import load_task_checkpoint
+from .streaming import WINDOW_CHARS
 
 TOOLS = {"cws": "charformer.segment", "ner": "charformer.tag", "classify": "charformer.classify"}
 PROGRESS_MIN_LINES = 1000  # show a progress bar (stderr) from this many input lines on
@@ -37,6 +38,8 @@ def base_parser(doc: str) -> argparse.ArgumentParser:
                    "checkpoint, if not where adapter.json says")
     p.add_argument("file", nargs="?", help="input file (default: stdin)")
     p.add_argument("--batch-size", type=int, default=64, help="windows or texts per forward pass")
+    p.add_argument("--window-chars", type=int, default=WINDOW_CHARS, help="input read, predicted and written in "
+                   f"windows of about this many characters (charformer.tasks.streaming; default {WINDOW_CHARS})")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--int8", action="store_true", help="int8 weights in the transformer's linear layers: faster CPU "
                    "inference, scores within about 0.05 (charformer.quantize; implies the CPU)")
@@ -51,6 +54,7 @@ class ToolArgs:
     base: str | None
     file: str | None  # None: stdin
     batch_size: int
+    window_chars: int  # characters read, predicted and written per window (charformer.tasks.streaming)
     device: str
     int8: bool
 
@@ -72,8 +76,8 @@ def load_for(args: ToolArgs, task: str):
     model, vocab, meta = load_task_checkpoint(args.ckpt, device=device, base=args.base)
     if meta["task"] != task:
         raise CharformerError(f"{args.ckpt}: a {meta['task']} model; use python -m {TOOLS[meta['task']]}")
-    if args.batch_size < 1:
-        raise CharformerError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.batch_size < 1 or args.window_chars < 1:
+        raise CharformerError(f"--batch-size and --window-chars must be >= 1, got {args.batch_size}, {args.window_chars}")
     return prepare_for_inference(model, int8=args.int8), vocab, meta
 
 

@@ -125,7 +125,7 @@ class _Checkpoints:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m charformer.prune", description=__doc__,
+    p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, text in (("ckpt", "the fine-tuned tagger (finetune.py --task cws or ner, --method full)"),
                        ("train", "training file (recovery)"), ("dev", "dev file (importance, best checkpoint)"),

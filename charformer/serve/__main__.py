@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from dataclasses import dataclass, field
 
 from ..cli import add_dataclass_options, build_dataclass
@@ -54,7 +55,9 @@ def _adapter(text: str) -> tuple[str, str]:
 
 
 def parse_args(argv: list[str] | None) -> tuple[ServeOptions, Limits, BatchConfig]:
-    p = argparse.ArgumentParser(prog="python -m charformer.serve", description=__doc__,
+    # Under the charformer command, sys.argv[0] already names it ("charformer serve").
+    prog = sys.argv[0] if sys.argv[0].startswith("charformer ") else "python -m charformer.serve"
+    p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint, adapter, or the adapters' base checkpoint")
     p.add_argument("--adapter", type=_adapter, action="append", default=[], metavar="NAME=DIR",

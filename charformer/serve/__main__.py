@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from dataclasses import dataclass, field
 
 from ..cli import add_dataclass_options, build_dataclass
@@ -54,7 +55,9 @@ def _adapter(text: str) -> tuple[str, str]:
 
 
 def parse_args(argv: list[str] | None) -> tuple[ServeOptions, Limits, BatchConfig]:
-    p = argparse.ArgumentParser(prog="python -m charformer.serve", description=__doc__,
+    # Named as it was started: "charformer serve" by the charformer command, else python -m charformer.serve.
+    prog = "python -m charformer.serve" if sys.argv[0].endswith("__main__.py") else None
+    p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint, adapter, or the adapters' base checkpoint")
     p.add_argument("--adapter", type=_adapter, action="append", default=[], metavar="NAME=DIR",
@@ -74,7 +77,8 @@ def parse_args(argv: list[str] | None) -> tuple[ServeOptions, Limits, BatchConfi
         raise CharformerError(f"--adapter names must differ, got {names}")
     options = ServeOptions(ckpt=args.ckpt, adapters=dict(args.adapter), host=args.host, port=args.port,
                            token_file=args.token_file, device=args.device, int8=args.int8, log_level=args.log_level)
-    return options, build_dataclass(Limits, args), build_dataclass(BatchConfig, args)
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    return options, build_dataclass(Limits, given), build_dataclass(BatchConfig, given)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(f"--{name}", required=True, help=text)
     add_dataclass_options(p, PruneConfig)
     args = p.parse_args(argv)
-    cfg = build_dataclass(PruneConfig, args)
+    cfg = build_dataclass(PruneConfig, {k: v for k, v in vars(args).items() if v is not None})
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise CharformerError(f"{out}: not empty; give a new --out directory")

@@ -55,8 +55,8 @@ def _adapter(text: str) -> tuple[str, str]:
 
 
 def parse_args(argv: list[str] | None) -> tuple[ServeOptions, Limits, BatchConfig]:
-    # Under the charformer command, sys.argv[0] already names it ("charformer serve").
-    prog = sys.argv[0] if sys.argv[0].startswith("charformer ") else "python -m charformer.serve"
+    # Named as it was started: "charformer serve" by the charformer command, else python -m charformer.serve.
+    prog = "python -m charformer.serve" if sys.argv[0].endswith("__main__.py") else None
     p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint, adapter, or the adapters' base checkpoint")
@@ -77,7 +77,8 @@ def parse_args(argv: list[str] | None) -> tuple[ServeOptions, Limits, BatchConfi
         raise CharformerError(f"--adapter names must differ, got {names}")
     options = ServeOptions(ckpt=args.ckpt, adapters=dict(args.adapter), host=args.host, port=args.port,
                            token_file=args.token_file, device=args.device, int8=args.int8, log_level=args.log_level)
-    return options, build_dataclass(Limits, args), build_dataclass(BatchConfig, args)
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    return options, build_dataclass(Limits, given), build_dataclass(BatchConfig, given)
 
 
 def main(argv: list[str] | None = None) -> int:

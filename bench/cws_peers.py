@@ -2,8 +2,8 @@
 corpus in the shared CWS data: word F1, OOV recall, speed at one thread, peak memory.
 
     pip install -e .[peers]                                   # jieba and THULAC (never needed by the test suite)
-    python bench/cws_peers.py                                 # the peers alone
-    python bench/cws_peers.py --ckpt out/ctb6_cws --int8      # and our segmenter
+    python -m bench.cws_peers                                 # the peers alone
+    python -m bench.cws_peers --ckpt out/ctb6_cws --int8      # and our segmenter
 
 The peers follow their own segmentation standards, not the corpora's: jieba its dictionary (and an HMM for
 unknown words), THULAC the standard of its own training corpus. Their scores here say what a user gets out of
@@ -41,12 +41,11 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from charformer.tasks.metrics import cws_scores  # noqa: E402
-from charformer.tasks.readers import read_cws  # noqa: E402
-from charformer.tasks.schemes import spans_to_words  # noqa: E402
+from bench import ROOT, data_dir
+from charformer.tasks.metrics import cws_scores
+from charformer.tasks.readers import read_cws
+from charformer.tasks.schemes import spans_to_words
 
 PEERS = ("jieba", "thulac")
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
@@ -106,7 +105,7 @@ class Worker:
     """A tool's worker process and its request/reply pipe."""
 
     def __init__(self, name: str, args: argparse.Namespace):
-        argv = [sys.executable, __file__, "--worker", name, "--batch-size", str(args.batch_size)]
+        argv = [sys.executable, "-m", "bench.cws_peers", "--worker", name, "--batch-size", str(args.batch_size)]
         if name == "charformer":
             argv += ["--ckpt", args.ckpt] + (["--int8"] if args.int8 else [])
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -223,22 +222,22 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", help="our segmentation checkpoint (finetune.py --task cws); without it, the peers alone")
     p.add_argument("--int8", action="store_true", help="ours with int8 weights (charformer.quantize)")
     p.add_argument("--batch-size", type=int, default=64, help="ours: windows per forward pass")
-    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cws"), help="folder of CWS corpora")
+    p.add_argument("--data", default=str(data_dir() / "cws"), help="folder of CWS corpora")
     p.add_argument("--corpora", default="ctb6,udc,weibo,zx", help="comma-separated corpus folders under --data")
     p.add_argument("--rounds", type=int, default=3, help="timed runs per tool and corpus (median)")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "cws_peers.json"), help="JSON results")
+    p.add_argument("--out", default=str(ROOT / "out" / "cws_peers.json"), help="JSON results")
     p.add_argument("--worker", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.worker:
         return worker(args)
     result = measure(args)
     report = {
-        "command": "python bench/cws_peers.py " + " ".join(sys.argv[1:]),
+        "command": "python -m bench.cws_peers " + " ".join(sys.argv[1:]),
         "machine": {"cpu": cpu_name(), "cpu_count": os.cpu_count(),
                     "load_average_at_end": os.getloadavg()},
         "versions": versions(),

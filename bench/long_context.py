@@ -239,9 +239,10 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "_child":
-        return child(sys.argv[2:])
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_child":
+        return child(argv[1:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("mode", choices=("throughput", "budget", "memory", "scaling"))
     p.add_argument("--out", type=Path, default=ROOT / "out", help="folder for the results (default: out/)")
@@ -253,7 +254,7 @@ def main() -> None:
     p.add_argument("--window", type=int, default=256, help="memory: attention window (characters)")
     p.add_argument("--data", type=Path, nargs="+", default=[ROOT / "data" / "shakespeare.txt"], help="memory: text")
     p.add_argument("--dense-max", type=int, default=4096, help="scaling: longest T for full or dense-mask attention")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.mode == "throughput":
@@ -267,7 +268,7 @@ def main() -> None:
     else:
         args.lengths = args.lengths or [256, 1024, 4096, 16384]
         result = scaling(args, args.out)
-    meta = {"command": "python bench/long_context.py " + shlex.join(sys.argv[1:]), "torch": torch.__version__,
+    meta = {"command": "python -m bench.long_context " + shlex.join(argv), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "load_average": os.getloadavg()}
     path = args.out / f"long_context_{args.mode}.json"
     path.write_text(json.dumps({"meta": meta, **result}, indent=2, ensure_ascii=False) + "\n")

@@ -1,7 +1,7 @@
 """How often each corpus's gold segmentation cuts inside a run that `charformer.segment` protects by default
 (numbers, Latin words, URLs, e-mail addresses: `charformer.tasks.constraints.protected_spans`).
 
-    python bench/protect_vs_gold.py
+    python -m bench.protect_vs_gold
 
 A protected run is never cut by our decoder, so where a standard does cut one, protection costs that word
 (and its neighbours) whatever the model would have said: the counts here bound what ``--no-protect`` can win
@@ -19,11 +19,10 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from charformer.tasks.constraints import protected_spans  # noqa: E402
-from charformer.tasks.readers import read_cws  # noqa: E402
+from bench import ROOT, data_dir
+from charformer.tasks.constraints import protected_spans
+from charformer.tasks.readers import read_cws
 
 
 def count(path: Path, n_examples: int = 5) -> dict:
@@ -42,12 +41,12 @@ def count(path: Path, n_examples: int = 5) -> dict:
     return {"file": str(path), "gold_words": words, "protected_runs": runs, "cut_by_gold": cut, "examples": examples}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cws"), help="folder of CWS corpora")
+    p.add_argument("--data", default=str(data_dir() / "cws"), help="folder of CWS corpora")
     p.add_argument("--corpora", default="ctb6,udc,weibo,zx", help="comma-separated corpus folders under --data")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "protect_vs_gold.json"))
-    args = p.parse_args()
+    p.add_argument("--out", default=str(ROOT / "out" / "protect_vs_gold.json"))
+    args = p.parse_args(argv)
     rows = {}
     for name in args.corpora.split(","):
         folder = Path(args.data) / name
@@ -55,7 +54,7 @@ def main() -> None:
         r = rows[name]
         print(f"{name:6} {r['protected_runs']:5} protected runs, {r['cut_by_gold']:4} cut by the gold "
               f"({r['gold_words']:,} words)  e.g. {' | '.join(r['examples'][:3])}")
-    report = {"command": "python bench/protect_vs_gold.py " + " ".join(sys.argv[1:]), "corpora": rows}
+    report = {"command": "python -m bench.protect_vs_gold " + " ".join(sys.argv[1:]), "corpora": rows}
     Path(args.out).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 

@@ -1,6 +1,6 @@
 """Load and faults for the HTTP server (`charformer.serve`), on loopback only, bounded in count and time.
 
-    python bench/serve_load.py --ckpt out/serve_seg --texts $D/cws/ctb6/test.txt
+    python -m bench.serve_load --ckpt out/serve_seg --texts $D/cws/ctb6/test.txt
 
 Starts ``python -m charformer.serve`` on 127.0.0.1 (free ports) twice, with dynamic batching on and off. For
 each number of concurrent clients in --clients, the two servers taking turns (off, then on, level by level, so
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     logs = ROOT / "out" / "serve_load"
     logs.mkdir(parents=True, exist_ok=True)
-    results = {"command": "python " + " ".join([os.path.relpath(__file__, ROOT), *(argv or sys.argv[1:])]),
+    results = {"command": " ".join(["python -m bench.serve_load", *(argv or sys.argv[1:])]),
                "machine": machine(), "ckpt_config": json.loads((Path(args.ckpt) / "best" / "config.json").read_text()
                                                                if (Path(args.ckpt) / "best").is_dir() else
                                                                (Path(args.ckpt) / "config.json").read_text())["model"],

@@ -1,7 +1,7 @@
 """Peak memory of `charformer.segment` against the size of its input: streamed, it should not grow.
 
-    python bench/stream_memory.py                       # 4 MB and 40 MB of CTB6 text, a tiny model trained here
-    python bench/stream_memory.py --ckpt out/ctb6_cws   # with a real segmenter (slower)
+    python -m bench.stream_memory                       # 4 MB and 40 MB of CTB6 text, a tiny model trained here
+    python -m bench.stream_memory --ckpt out/ctb6_cws   # with a real segmenter (slower)
 
 The inputs are the CTB6 training sentences, spaces removed, repeated until the file has --sizes megabytes
 (10^6 bytes; one sentence per line). Each size is segmented by ``python -m charformer.segment`` in a fresh
@@ -23,7 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench import ROOT, data_dir
+
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
@@ -69,15 +70,15 @@ def peak_rss(ckpt: Path, path: Path, extra: list[str]) -> tuple[float, float]:
     return usage.ru_maxrss / 1024, time.perf_counter() - start
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", help="segmentation checkpoint (default: a tiny one trained here)")
-    p.add_argument("--corpus", default=str(ROOT.parent / "shared" / "data" / "cws" / "ctb6" / "train.txt"))
+    p.add_argument("--corpus", default=str(data_dir() / "cws" / "ctb6" / "train.txt"))
     p.add_argument("--sizes", default="4,40", help="input sizes, MB (10^6 bytes), comma-separated")
     p.add_argument("--work", default=str(ROOT / "out" / "stream_memory"), help="folder for the inputs and model")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "stream_memory.json"))
+    p.add_argument("--out", default=str(ROOT / "out" / "stream_memory.json"))
     p.add_argument("--segment-args", default="", help="extra arguments for charformer.segment, e.g. '--int8'")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     work, corpus = Path(args.work), Path(args.corpus)
     work.mkdir(parents=True, exist_ok=True)
     ckpt = Path(args.ckpt) if args.ckpt else tiny_model(corpus, work)
@@ -91,7 +92,7 @@ def main() -> None:
         print(f"{mb:>4} MB  {chars:>11,} chars  peak RSS {rss:7.1f} MiB  {seconds:7.1f} s", flush=True)
     ratio = rows[-1]["peak_rss_mib"] / rows[0]["peak_rss_mib"]
     print(f"peak RSS {rows[-1]['mb']} MB / {rows[0]['mb']} MB: {ratio:.3f} (bar: <= 1.2)")
-    report = {"command": "python bench/stream_memory.py " + " ".join(sys.argv[1:]), "ckpt": str(ckpt),
+    report = {"command": "python -m bench.stream_memory " + " ".join(sys.argv[1:]), "ckpt": str(ckpt),
               "machine": {"cpu_count": os.cpu_count(), "load_average_at_end": os.getloadavg()},
               "rows": rows, "ratio_largest_to_smallest": round(ratio, 3), "bar": 1.2}
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -1,6 +1,6 @@
 """Cost of a large user dictionary: reading it, and the constraints it puts on each sentence.
 
-    python bench/user_dict.py                 # a 100,000-word dictionary, CTB6 test sentences
+    python -m bench.user_dict                 # a 100,000-word dictionary, CTB6 test sentences
 
 The dictionary is every word of the shared CWS training corpora (CTB6, UD, Weibo, Zhuxian), topped up to --words
 with pairs of adjacent words from them (compounds, as users add), written as a file and read by `read_lexicon`.
@@ -22,15 +22,14 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from charformer.tasks.constraints import lattice_bias  # noqa: E402
-from charformer.tasks.lexicon import read_lexicon  # noqa: E402
-from charformer.tasks.readers import read_cws  # noqa: E402
-from charformer.tasks.schemes import spans_to_words  # noqa: E402
+from bench import ROOT, data_dir
+from charformer.tasks.constraints import lattice_bias
+from charformer.tasks.lexicon import read_lexicon
+from charformer.tasks.readers import read_cws
+from charformer.tasks.schemes import spans_to_words
 
-DATA = ROOT.parent / "shared" / "data" / "cws"
+DATA = data_dir() / "cws"
 
 
 def dictionary_words(n: int) -> list[str]:
@@ -58,14 +57,14 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--words", type=int, default=100_000, help="dictionary size")
     p.add_argument("--test", default=str(DATA / "ctb6" / "test.txt"), help="segmented file whose text is scanned")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--work", default=str(ROOT / "out" / "user_dict"))
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "user_dict.json"))
-    args = p.parse_args()
+    p.add_argument("--out", default=str(ROOT / "out" / "user_dict.json"))
+    args = p.parse_args(argv)
     path = Path(args.work) / f"dict_{args.words}.txt"
     path.parent.mkdir(parents=True, exist_ok=True)
     escaped = ("\\" + w if w.startswith("#") else w for w in dictionary_words(args.words))  # not a comment
@@ -77,7 +76,7 @@ def main() -> None:
     match_s = median_seconds(lambda: [lexicon.matches(t) for t in texts], args.repeats)
     bias_s = median_seconds(lambda: [lattice_bias(t, lexicon=lexicon) for t in texts], args.repeats)
     n_matches = sum(len(lexicon.matches(t)) for t in texts)
-    result = {"command": "python bench/user_dict.py " + " ".join(sys.argv[1:]), "words": len(lexicon),
+    result = {"command": "python -m bench.user_dict " + " ".join(sys.argv[1:]), "words": len(lexicon),
               "test": args.test, "sentences": len(texts), "chars": chars, "matches": n_matches,
               "read_seconds": round(read_s, 3), "match_chars_per_s": round(chars / match_s),
               "match_and_bias_chars_per_s": round(chars / bias_s)}

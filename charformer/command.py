@@ -38,6 +38,11 @@ BENCHMARKS = {
     "inference": "prediction tools end to end: fp32 against int8, segmentation and generation",
     "peft_compare": "fine-tuning methods compared on cws, classification and LM adaptation",
     "serve_load": "the HTTP server under load (1/8/32 clients, batching on/off) and faults, on loopback",
+    "long_context": "hourglass vs plain throughput and budget, windowed-training memory, cost per character vs T",
+    "cws_peers": "word segmentation side by side with jieba and THULAC: F1, OOV recall, chars/s, memory",
+    "user_dict": "user-dictionary matching and lattice constraints on a 100,000-word dictionary",
+    "protect_vs_gold": "how often each corpus's gold standard cuts inside a protected run (numbers, Latin, URLs)",
+    "stream_memory": "peak memory of the streaming segmenter on 4 MB vs 40 MB of input",
 }
 
 

@@ -29,6 +29,14 @@ AdamW, warmup then decay, early stopping on the dev metric (--patience), the bod
 --lr x --head-lr-scale. Length: --max-steps N, or --epochs N (N x training pieces / batch size, rounded up;
 default 3 epochs); unless given, --warmup-steps is 10% of the steps and --eval-interval one epoch.
 
+Toolbox (charformer/finetuning, each method in its own module with its paper): --adversarial fgm|pgd
+(--adv-eps, --adv-steps) perturbs the character embeddings; --rdrop ALPHA penalises disagreement between two
+dropout passes; --ema DECAY or --average-last N evaluate and save averaged weights; --augment NAME[,NAME] adds
+label-preserving new examples to the training set; --ewc LAMBDA --ewc-data FILE holds the weights that the
+earlier task's (or pretraining's) likelihood depends on; --method cloze --pattern TEXT --verbalizers FILE
+classifies through the masked-LM head (PET), for few-shot training. Continued pretraining on in-domain text
+before fine-tuning: pretrain.py --init DIR. Zero-shot: python -m charformer.zeroshot.
+
 Outputs in OUT: best/ (the best dev score), last/ (for --resume: the whole model, optimizer, RNGs and AdaLoRA's
 state), metrics.jsonl, curves.png, results.json. With --method full, best/ is a complete checkpoint; with any
 other method it is an adapter (adapter.json + adapter.safetensors: the trained tensors and the head, bound to
@@ -40,7 +48,7 @@ OUT/results.json: test_before and test_after (the test set scored with the model
 fine-tuning) -- cws: f1, precision, recall, oov_recall, iv_recall (SIGHAN word scoring); ner: f1, precision,
 recall and per_type; classify: accuracy, macro_f1, per_class_f1, confusion; lm: loss (nats/char), bpc, chars,
 and also dev_before/after, original_before/after, original_bpc_before/after, sample_before/after, coverage.
-Then method, method_options, trainable_params, total_params, trainable_share, adapter_bytes (what best/ takes
+Then method (cloze for --method cloze), method_options, toolbox (every toolbox option), augmented_examples, trainable_params, total_params, trainable_share, adapter_bytes (what best/ takes
 on disk: for full the whole checkpoint), dev_best_<metric>, steps, epochs, train_seconds, seconds_per_epoch,
 peak_rss_mb (the peak resident memory of this process, from getrusage), wall_seconds.
 """
@@ -61,6 +69,7 @@ from charformer.checkpoint import load_trainer_state, read_meta
 from charformer.cli import add_dataclass_options, build_dataclass, parse_with_config
 from charformer.distributed import barrier, init_distributed, quiet_unless_main, shutdown
 from charformer.errors import CharformerError, run_cli
+from charformer.finetuning.toolbox import Toolbox, ToolboxConfig, cloze_job, take_cloze
 from charformer.model import ModelConfig
 from charformer.peft import describe_trainable
 from charformer.peft.training import MethodConfig, Tuning, check_options_apply
@@ -89,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", default=None, help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an earlier run in --out (default: refuse)")
     add_dataclass_options(p, MethodConfig, group="fine-tuning method")
+    add_dataclass_options(p, ToolboxConfig, group="fine-tuning toolbox (charformer/finetuning; --method cloze: "
+                                                   "classification through the masked-LM head)")
     add_dataclass_options(p, TaskConfig, group="task (cws, ner, classify)")
     add_dataclass_options(p, LMConfig, group="language model (--task lm)")
     add_dataclass_options(p, ModelConfig, skip=("vocab_size",), group="model (--init scratch; with a checkpoint only "
@@ -178,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     if not resume and not args.overwrite and (out / "last").exists():
         raise CharformerError(f"{out} already holds a run: pass --resume to continue it, --overwrite to replace it, "
                               "or choose another --out")
+    cloze = take_cloze(args)  # the toolbox (charformer.finetuning): its options, then its changes below
+    toolbox_cfg = build_dataclass(ToolboxConfig, args)
     task_cfg = build_dataclass(TaskConfig, args)
     train_cfg = build_dataclass(TrainConfig, args)
     method_cfg = choose_method(args, build_dataclass(MethodConfig, args), task_cfg)
@@ -193,14 +206,17 @@ def main(argv: list[str] | None = None) -> int:
     job_cfg = replace(train_cfg, batch_size=train_cfg.batch_size * dist_info.world_size)
     if args.task == "lm":
         lm_cfg = build_dataclass(LMConfig, args)
-        if args.train_examples is not None or (args.rehearsal_share is not None and not lm_cfg.rehearsal_data):
-            raise CharformerError("--train-examples is for cws, ner and classify; --rehearsal-share needs "
-                                  "--rehearsal-data")
+        if args.train_examples is not None or (args.rehearsal_share is not None and not lm_cfg.rehearsal_data) \
+                or toolbox_cfg.augment:
+            raise CharformerError("--train-examples and --augment are for cws, ner and classify; --rehearsal-share "
+                                  "needs --rehearsal-data")
         job = lm_job(args, lm_cfg, job_cfg, task_cfg.eval_batch_size)
     else:
         if args.train_examples is not None and args.train_examples < 1:
             raise CharformerError(f"--train-examples must be >= 1, got {args.train_examples}")
         job = task_job(args, task_cfg, job_cfg, args.train_examples)
+        if cloze:
+            job = cloze_job(job, toolbox_cfg, args.task)
     train_cfg = set_training_length(train_cfg, args, job.n_train, dist_info.world_size)
     global_batch = job_cfg.batch_size * train_cfg.grad_accum
 
@@ -211,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     tuning = Tuning(job.body, method_cfg, total_steps=train_cfg.max_steps, head_params=job.head_params)
     if task_cfg.freeze not in ("none", "body"):  # part of the body kept fixed under full (see choose_method)
         freeze(job.model, task_cfg.freeze)
+    toolbox = Toolbox(job, toolbox_cfg, batch_size=job_cfg.batch_size, seed=train_cfg.seed, fsdp=train_cfg.fsdp)
     body_cfg = job.body.cfg
     print(f"model: {args.init} ({body_cfg.n_layers} layers, d_model {body_cfg.d_model}, block {body_cfg.block_size}, "
           f"{'causal' if body_cfg.causal else 'bidirectional'}), task {args.task}, method {tuning.method} "
@@ -221,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     if resume:
         tuning.check_resume(read_meta(out / "last")[0], out / "last")
         tuning.restore(load_trainer_state(out / "last")[1])
+        toolbox.restore(load_trainer_state(out / "last")[1])
 
     def save(path, trainer_state, trainer_tensors, weights):
         if trainer_state is None and tuning.saves_adapter:  # best/ of a parameter-efficient run
@@ -233,9 +251,10 @@ def main(argv: list[str] | None = None) -> int:
         clear_run(out)  # only now: a run with bad input must leave the old one untouched
     out.mkdir(parents=True, exist_ok=True)
     barrier(dist_info)
-    summary = fit(job.model, tuning.objective(job.objective), train_cfg, out, save, resume=resume,
-                  lr_scale=job.lr_scale, desc=f"finetune {args.task} {tuning.method} {out.name}",
-                  after_step=tuning.after_step, dist_info=dist_info)
+    summary = fit(job.model, toolbox.objective(tuning.objective(job.objective)), train_cfg, out,
+                  toolbox.wrap_save(save), resume=resume, lr_scale=job.lr_scale,
+                  desc=f"finetune {args.task} {tuning.method} {out.name}",
+                  after_step=toolbox.after_step(tuning.after_step), dist_info=dist_info)
     shutdown(dist_info)
     if not dist_info.is_main:
         return 0
@@ -251,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
            for when, scores in (("before", before), ("after", after))},
         f"dev_best_{metric}": summary[f"best_{metric}"],
         **tuning.summary(job.model, best=out / "best", best_model=best),
+        **({"method": "cloze"} if cloze else {}),
+        **toolbox.summary(),
         "freeze": task_cfg.freeze,
         "wall_seconds": round(time.time() - t_start, 1),
         "train_seconds": summary["train_seconds"],

@@ -16,6 +16,16 @@ bits-per-character figure). ``--packing lines`` (mlm only) takes each line as a 
 whole lines into blocks separated by [SEP]; the default ``windows`` cuts blocks anywhere in the text.
 ``--data-format cws`` reads word-segmented files (one sentence per line, words separated by ASCII spaces) and
 drops the separators, so the training text of a segmentation corpus can be used for pretraining.
+
+``--init DIR`` continues pretraining a checkpoint on new text instead of starting from random weights: its
+architecture, vocabulary (characters it never saw read as [UNK]) and weights; only --dropout and --attn-impl
+may change, and the objective must be the one it was trained with. This is domain- and task-adaptive
+pretraining (Gururangan et al. 2020, "Don't Stop Pretraining"): more masked- or causal-LM training on
+unlabelled text of the domain, or on the raw text of the task's own training set (``--data-format cws`` for a
+segmented corpus), before fine-tuning the result with finetune.py.
+
+    python pretrain.py --init out/zh_mlm --objective mlm --data-format cws --data ctb6/train.txt \
+        --val ctb6/dev.txt --out out/zh_mlm_ctb6 --max-steps 2000 --lr 3e-4
 """
 
 from __future__ import annotations
@@ -28,13 +38,14 @@ from pathlib import Path
 
 import torch
 
-from charformer.checkpoint import load_checkpoint, read_meta, save_checkpoint
+from charformer.checkpoint import load_checkpoint, load_weights, read_meta, save_checkpoint
 from charformer.cli import add_dataclass_options, build_dataclass, parse_with_config
 from charformer.data import collect_files, encode_array, line_segments, read_corpus, split_corpus
 from charformer.distributed import barrier, init_distributed, shutdown
 from charformer.errors import CharformerError, run_cli
 from charformer.model import CharTransformer, ModelConfig
 from charformer.objectives import CausalLM, MaskedLM, sample_text
+from charformer.tasks.jobs import model_config
 from charformer.tasks.readers import read_cws
 from charformer.train import TrainConfig, clear_run, fit, pick_device
 from charformer.vocab import CharVocab
@@ -77,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (checkpoints, metrics.jsonl, curves.png, results.json)")
     p.add_argument("--resume", action="store_true", default=None, help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an earlier run in --out (default: refuse)")
+    p.add_argument("--init", default=None, help="continue pretraining this checkpoint (pretrain.py --out) on --data: "
+                   "domain- or task-adaptive pretraining (default: random weights)")
     add_dataclass_options(p, DataConfig, group="data")
     add_dataclass_options(p, ModelConfig, skip=("vocab_size",), group="model")
     add_dataclass_options(p, TrainConfig, group="training")
@@ -90,8 +103,9 @@ def read_texts(paths: list[str], data_format: str) -> str:
     return "".join(sentence.text + "\n" for f in collect_files(paths) for sentence in read_cws(f))
 
 
-def prepare_data(args, data_cfg: DataConfig, out: Path, resume: bool):
-    """Read the corpus, build (or, when resuming, check) the vocabulary. Returns (vocab, train_text, val_text)."""
+def prepare_data(args, data_cfg: DataConfig, out: Path, resume: bool, vocab: CharVocab | None = None):
+    """Read the corpus, build (or, when resuming, check) the vocabulary, unless `vocab` is given (--init).
+    Returns (vocab, train_text, val_text)."""
     if isinstance(args.data, str):
         args.data = [args.data]
     if isinstance(args.val, str):
@@ -105,7 +119,9 @@ def prepare_data(args, data_cfg: DataConfig, out: Path, resume: bool):
         train_text, val_text = split_corpus(text, data_cfg.val_fraction)
     if not train_text.strip():
         raise CharformerError(f"{', '.join(args.data)}: the corpus is empty")
-    vocab = CharVocab.build([train_text], min_freq=data_cfg.min_freq, max_size=data_cfg.max_vocab, coverage=data_cfg.coverage)
+    if vocab is None:
+        vocab = CharVocab.build([train_text], min_freq=data_cfg.min_freq, max_size=data_cfg.max_vocab,
+                                coverage=data_cfg.coverage)
     if resume and read_meta(out / "last")[2] != vocab:
         raise CharformerError(
             f"{out / 'last'}: its vocabulary differs from the one this training text gives: "
@@ -114,6 +130,19 @@ def prepare_data(args, data_cfg: DataConfig, out: Path, resume: bool):
     print(f"corpus: {len(train_text):,} train / {len(val_text):,} val characters; vocabulary {len(vocab):,} ids, "
           f"val coverage {vocab.coverage(val_text):.4%}")
     return vocab, train_text, val_text
+
+
+def init_config(args, mlm: bool) -> tuple[ModelConfig, CharVocab]:
+    """The model config and vocabulary of the --init checkpoint (with --dropout or --attn-impl if given).
+    Raises CharformerError for options that would change its architecture or vocabulary, or another objective."""
+    given = [f"--{k.replace('_', '-')}" for k in ("min_freq", "max_vocab", "coverage") if getattr(args, k) is not None]
+    if given:
+        raise CharformerError(f"{', '.join(given)}: the vocabulary comes from --init {args.init}")
+    model_cfg, vocab = model_config(args, args.init)
+    if model_cfg.causal == mlm:
+        raise CharformerError(f"--init {args.init} is a {'causal' if model_cfg.causal else 'bidirectional'} model: "
+                              f"continue it with --objective {'clm' if model_cfg.causal else 'mlm'}")
+    return model_cfg, vocab
 
 
 def make_objective(data_cfg: DataConfig, vocab: CharVocab, train_text: str, val_text: str, block_size: int,
@@ -153,8 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     if not resume and not args.overwrite and (out / "last").exists():
         raise CharformerError(f"{out} already holds a run: pass --resume to continue it, --overwrite to replace it, "
                               "or choose another --out")
-    vocab, train_text, val_text = prepare_data(args, data_cfg, out, resume)
-    model_cfg = build_dataclass(ModelConfig, args, vocab_size=len(vocab), causal=not mlm)
+    if args.init:
+        model_cfg, init_vocab = init_config(args, mlm)
+        vocab, train_text, val_text = prepare_data(args, data_cfg, out, resume, init_vocab)
+    else:
+        vocab, train_text, val_text = prepare_data(args, data_cfg, out, resume)
+        model_cfg = build_dataclass(ModelConfig, args, vocab_size=len(vocab), causal=not mlm)
     if resume:
         _, saved_cfg, _ = read_meta(out / "last")
         if saved_cfg != model_cfg:
@@ -166,7 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device("cuda", dist_info.local_rank)
     say = print if dist_info.is_main else (lambda *a, **k: None)
     torch.manual_seed(train_cfg.seed)
-    model = CharTransformer(model_cfg).to(device)
+    model = CharTransformer(model_cfg)
+    if args.init and not resume:  # resuming reads OUT/last instead
+        load_weights(model, args.init)
+    model.to(device)
     global_batch = train_cfg.batch_size * dist_info.world_size * train_cfg.grad_accum
     say(f"effective batch: {train_cfg.batch_size} per rank x {dist_info.world_size} ranks x {train_cfg.grad_accum} "
         f"accumulation = {global_batch} sequences of {model_cfg.block_size} characters")
@@ -176,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     # a global batch; each rank takes a slice
     objective = make_objective(data_cfg, vocab, train_text, val_text, model_cfg.block_size,
                                train_cfg.batch_size * dist_info.world_size)
-    extra = {"objective": data_cfg.objective, "data": asdict(data_cfg), "world_size": dist_info.world_size,
+    extra = {"objective": data_cfg.objective, "init": args.init, "data": asdict(data_cfg), "world_size": dist_info.world_size,
              "effective_batch": global_batch}
 
     def save(path, trainer_state, trainer_tensors, weights):
@@ -197,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     sample = None if mlm else sample_text(best, vocab, data_cfg.sample_prompt, data_cfg.sample_chars, seed=train_cfg.seed)
     results = {
         "objective": data_cfg.objective,
+        "init": args.init,  # the checkpoint pretraining continued from (None: random weights)
         "val_loss": final["loss"],  # nats per character (mlm: per masked character)
         "val_bpc": final.get("bpc"),  # null for mlm
         **({"val_mlm_accuracy": final["accuracy"]} if mlm else {}),

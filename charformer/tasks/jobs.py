@@ -34,6 +34,7 @@ from ..checkpoint import load_weights, resolve, save_checkpoint
 from ..cli import build_dataclass
 from ..data import encode_array, read_corpus
 from ..errors import CharformerError
+from ..finetuning.augment import augment
 from ..model import CharTransformer, ModelConfig
 from ..objectives import CausalLM, lm_scores, sample_text
 from ..peft import load_adapted_checkpoint
@@ -197,6 +198,9 @@ def task_job(args: argparse.Namespace, cfg: TaskConfig, train_cfg: TrainConfig, 
         vocab = CharVocab.build(x.text for x in data["train"])
         body_cfg = ModelConfig.from_dict({**body_cfg.to_dict(), "vocab_size": len(vocab)})
     task = describe_task(args.task, cfg, data, body_cfg.block_size)
+    augmented = {}
+    if getattr(args, "augment", None):  # label-preserving new examples (charformer.finetuning.augment)
+        data["train"], augmented = augment(args.task, data["train"], args.augment, train_cfg.seed)
     sizes = {"block_size": body_cfg.block_size, "batch_size": train_cfg.batch_size, "eval_batch_size": cfg.eval_batch_size}
     if args.task == "classify":
         objective = ClassificationObjective(task, data["train"], data["dev"], vocab, **sizes)
@@ -226,7 +230,8 @@ def task_job(args: argparse.Namespace, cfg: TaskConfig, train_cfg: TrainConfig, 
                base_dir=base_dir, description={"task": task}, heads={"head": model.head}, head_params=(),
                lr_scale={"head.": cfg.head_lr_scale}, save_full=save_full,
                load_best=lambda path, device: load_task_checkpoint(path, device)[0], score=score,
-               results={"train_examples": len(data["train"]), "train_pieces": objective.n_train, "head": task,
+               results={"train_examples": len(data["train"]), "augmented_examples": augmented,
+                        "train_pieces": objective.n_train, "head": task,
                         "task_options": asdict(cfg)})
 
 

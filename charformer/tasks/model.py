@@ -20,6 +20,7 @@ import torch
 
 from ..checkpoint import load_weights, read_meta, save_checkpoint
 from ..errors import CharformerError
+from ..finetuning.cloze import build_cloze_model
 from ..model import CharTransformer, ModelConfig
 from ..peft import load_adapter, open_adapter
 from ..vocab import CharVocab
@@ -30,6 +31,8 @@ TASKS = ("cws", "ner", "classify")
 
 def build_task_model(body_cfg: ModelConfig, task: dict) -> Tagger | Classifier:
     """A randomly initialised task model for the task description `task` (as stored in config.json)."""
+    if "cloze" in task:  # classification through the masked-LM head (finetune.py --method cloze)
+        return build_cloze_model(body_cfg, task)
     body = CharTransformer(body_cfg)
     if task["task"] == "classify":
         head = SequenceClassificationHead(body_cfg.d_model, task["labels"], pooling=task["pooling"],

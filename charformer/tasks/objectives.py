@@ -111,7 +111,7 @@ def predict_label_probs(model: Classifier, id_seqs: Sequence[Sequence[int]], *, 
     order = sorted(range(len(id_seqs)), key=lambda i: len(id_seqs[i]))
     for b in tqdm(range(0, len(order), batch_size), desc="predict", unit="batch", disable=not progress, leave=False):
         batch = order[b : b + batch_size]
-        ids, lengths = chunk_batch([id_seqs[i] for i in batch], model.body.cfg.block_size)
+        ids, lengths = chunk_batch([id_seqs[i] for i in batch], model.chunk_block)
         probs[batch] = model(ids.to(device), lengths.to(device)).softmax(-1).cpu()
     return probs
 

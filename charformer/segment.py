@@ -8,6 +8,8 @@ each line's ending (LF, CRLF or a lone CR) pass through, and no character is dro
 forms, Latin, digits, punctuation, U+3000 and other spaces, characters outside the BMP, combining marks and
 control characters come out as they went in. A byte-order mark at the start of the input is not text and is
 not written back (`charformer.data`). Lines longer than the model's block are read in overlapping windows.
+``--ckpt`` given more than once: an ensemble, decoding the mean of the checkpoints' per-character tag
+probabilities (`charformer.finetuning.ensemble`).
 
 An ASCII space inside an input line cannot be told from a separator, so it is written as a word of its own:
 "a b" (a, space, b) comes out as "a", " ", "b" joined by separators, i.e. "a   b". The output is therefore
@@ -23,9 +25,9 @@ import re
 import torch
 
 from .errors import CharformerError, excerpt, run_cli
+from .finetuning.ensemble import ensemble_tag_paths
 from .tasks.inference import base_parser, load_for, read_lines, show_progress, write
-from .tasks.objectives import tag_texts
-from .tasks.schemes import spans_to_words
+from .tasks.schemes import spans_to_words, tags_to_spans
 
 
 def format_words(words: list[str]) -> str:
@@ -65,11 +67,13 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as e:
                 raise CharformerError(f"{args.file or '<stdin>'}:{n}: {e}") from None
         return 0
-    model, vocab, task = load_for(args, "cws")
+    members = load_for(args, "cws")
+    task = members[0][2]
     lines = read_lines(args.file)
     with torch.inference_mode():
-        spans = tag_texts(model, vocab, [text for text, _ in lines], batch_size=args.batch_size,
-                          overlap=task["overlap"], progress=show_progress(lines))
+        paths = ensemble_tag_paths(members, [text for text, _ in lines], batch_size=args.batch_size,
+                                   overlap=task["overlap"], progress=show_progress(lines))
+    spans = [tags_to_spans([task["tags"][i] for i in path]) for path in paths]
     write("".join(format_words(spans_to_words(text, s)) + ending for (text, ending), s in zip(lines, spans)))
     return 0
 

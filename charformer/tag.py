@@ -12,7 +12,8 @@ One sentence per line in. Output formats:
 * ``jsonl``: for each input line (empty ones too) ``{"text": ..., "entities": [{"start", "end", "type",
   "text"}]}``, offsets in characters (code points) with ``end`` exclusive, ``text == line[start:end]``.
 
-Both keep every character as it was; line endings (LF, CRLF, CR) and a leading byte-order mark are not part of
+``--ckpt`` given more than once: an ensemble, decoding the mean of the checkpoints' per-character tag
+probabilities (`charformer.finetuning.ensemble`). Both formats keep every character as it was; line endings (LF, CRLF, CR) and a leading byte-order mark are not part of
 the text (`charformer.data`).
 """
 
@@ -23,8 +24,8 @@ import json
 import torch
 
 from .errors import CharformerError, run_cli
+from .finetuning.ensemble import ensemble_tag_paths
 from .tasks.inference import base_parser, load_for, read_lines, show_progress, write
-from .tasks.objectives import predict_tags
 from .tasks.schemes import tags_to_spans
 
 
@@ -32,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__)
     p.add_argument("--format", choices=("conll", "jsonl"), default="conll", help="output format (default conll)")
     args = p.parse_args(argv)
-    model, vocab, task = load_for(args, "ner")
+    members = load_for(args, "ner")
+    task = members[0][2]
     texts = [text for text, _ in read_lines(args.file)]
     if args.format == "conll":
         tabbed = next((n for n, text in enumerate(texts, 1) if "\t" in text), None)
@@ -40,11 +42,11 @@ def main(argv: list[str] | None = None) -> int:
             raise CharformerError(f"{args.file or '<stdin>'}:{tabbed}: a TAB cannot be written as a CoNLL token "
                                   "(it separates the columns): use --format jsonl")
     with torch.inference_mode():
-        paths = predict_tags(model, [vocab.encode_aligned(t) for t in texts], batch_size=args.batch_size,
-                             overlap=task["overlap"], progress=show_progress(texts))
+        paths = ensemble_tag_paths(members, texts, batch_size=args.batch_size, overlap=task["overlap"],
+                                   progress=show_progress(texts))
     out = []
     for text, path in zip(texts, paths):
-        tags = [model.head.tags[i] for i in path]
+        tags = [task["tags"][i] for i in path]
         if args.format == "conll":
             if text:
                 out.append("".join(f"{char}\t{tag}\n" for char, tag in zip(text, tags)) + "\n")

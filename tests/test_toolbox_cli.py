@@ -1,6 +1,6 @@
 """The toolbox through the command lines: finetune.py's toolbox flags recorded in results.json and doing what they
-say (averaged weights in OUT/best, cloze checkpoints that charformer.classify serves), pretrain.py --init, and
-python -m charformer.zeroshot on rigged tiny models."""
+say (averaged weights in OUT/best, less forgetting under EWC, cloze checkpoints that charformer.classify serves),
+pretrain.py --init, python -m charformer.zeroshot on rigged tiny models, and ensembles in the prediction tools."""
 
 import json
 import random
@@ -11,10 +11,14 @@ from safetensors.torch import load_file
 
 import finetune
 import pretrain
-from charformer import classify, zeroshot
+from charformer import classify, segment, zeroshot
 from charformer.checkpoint import save_checkpoint
 from charformer.errors import CharformerError
+from charformer.finetuning.ensemble import ensemble_tag_paths
 from charformer.model import CharTransformer, ModelConfig
+from charformer.tasks.model import load_task_checkpoint
+from charformer.tasks.objectives import predict_tag_scores
+from charformer.tasks.viterbi import viterbi
 from charformer.vocab import MASK_ID, CharVocab
 from tests.test_finetune_cli import TINY, _cls_text, _cws_text, _ner_text
 
@@ -179,3 +183,43 @@ def test_zeroshot_picks_the_most_likely_label(tmp_path, capsysbinary, monkeypatc
         assert zeroshot.main(["--ckpt", str(ckpt), "--labels", str(labels), "--pattern", "{text}很[MASK]",
                               "--device", "cpu", str(texts)]) == 0
         assert capsysbinary.readouterr().out.decode() == f"{label}\n\n{label}\n"
+
+
+def test_ensembles_average_the_members_probabilities(files, tmp_path, capsysbinary):
+    runs = {}
+    for task in ("classify", "cws"):
+        for seed in ("1", "2"):
+            runs[task, seed] = tmp_path / f"{task}{seed}"
+            assert _run(files, task, runs[task, seed], "--init", "scratch", "--max-steps", "3", "--seed", seed) == 0
+    texts = tmp_path / "texts.txt"
+    texts.write_text("房间很干净\n中国人民站起来了\n", encoding="utf-8")
+
+    def probs(*ckpts):
+        capsysbinary.readouterr()
+        classify.main([arg for c in ckpts for arg in ("--ckpt", str(c))] + [str(texts), "--probs"])
+        return [(line.split("\t")[0], float(line.split("\t")[1]))
+                for line in capsysbinary.readouterr().out.decode().splitlines()]
+
+    one, two = probs(runs["classify", "1"]), probs(runs["classify", "2"])
+    both = probs(runs["classify", "1"], runs["classify", "2"])
+    for (l1, p1), (l2, p2), (label, p) in zip(one, two, both):
+        # the mean probability of the ensemble's label: each member gives it p or 1 - p (two labels)
+        mine = [p1 if l1 == label else 1 - p1, p2 if l2 == label else 1 - p2]
+        assert p == pytest.approx(sum(mine) / 2, abs=2e-4) and p >= 0.5
+
+    members = [load_task_checkpoint(runs["cws", s]) for s in ("1", "2")]
+    lines = ["中国人民站起来了", "我们在北京天安门"]
+    with torch.no_grad():
+        paths = ensemble_tag_paths(members, lines, batch_size=4, overlap=4)
+        mean = [sum(predict_tag_scores(m, [v.encode_aligned(t)], batch_size=4, overlap=4)[0].softmax(-1)
+                    for m, v, _ in members) / 2 for t in lines]
+    head = members[0][0].head
+    for path, p in zip(paths, mean):
+        expected = viterbi(p.log()[None], torch.tensor([len(p)]), head.start_scores, head.trans_scores, head.end_scores)
+        assert path == expected[0]
+    capsysbinary.readouterr()
+    segment.main(["--ckpt", str(runs["cws", "1"]), "--ckpt", str(runs["cws", "2"]), str(texts)])
+    out = capsysbinary.readouterr().out.decode().splitlines()
+    assert [line.replace(" ", "") for line in out] == ["房间很干净", "中国人民站起来了"]
+    with pytest.raises(CharformerError, match="a classify model; use python -m charformer.classify"):
+        segment.main(["--ckpt", str(runs["cws", "1"]), "--ckpt", str(runs["classify", "1"]), str(texts)])

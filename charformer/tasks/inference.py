@@ -21,6 +21,7 @@ from ..data import decode_utf8, read_text, split_lines
 from ..errors import CharformerError
 from ..heap import retain_freed_memory
 from ..quantize import inference_device, prepare_for_inference
+from ..finetuning.ensemble import check_members
 from .model import load_task_checkpoint
 
 TOOLS = {"cws": "charformer.segment", "ner": "charformer.tag", "classify": "charformer.classify"}
@@ -29,8 +30,9 @@ PROGRESS_MIN_LINES = 1000  # show a progress bar (stderr) from this many input l
 
 def base_parser(doc: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="task checkpoint or adapter directory (a finetune.py --out directory, "
-                   "or its best/)")
+    p.add_argument("--ckpt", required=True, action="append", help="task checkpoint or adapter directory (a "
+                   "finetune.py --out directory, or its best/); given more than once, an ensemble that averages the "
+                   "checkpoints' probabilities (charformer.finetuning.ensemble)")
     p.add_argument("--base", default=None, help="for an adapter (finetune.py --method other than full): its base "
                    "checkpoint, if not where adapter.json says")
     p.add_argument("file", nargs="?", help="input file (default: stdin)")
@@ -41,19 +43,23 @@ def base_parser(doc: str) -> argparse.ArgumentParser:
     return p
 
 
-def load_for(args: argparse.Namespace, task: str):
-    """The task model of ``args.ckpt`` on ``args.device``, ready for inference (`prepare_for_inference`), with
-    its vocabulary and task description; also sets this process's malloc for inference
-    (`charformer.heap.retain_freed_memory`). Raises CharformerError if the checkpoint is for another task
-    (naming the tool to use)."""
+def load_for(args: argparse.Namespace, task: str) -> list[tuple]:
+    """The task models of ``args.ckpt`` (one or more: an ensemble) on ``args.device``, ready for inference
+    (`prepare_for_inference`), each with its vocabulary and task description; also sets this process's malloc
+    for inference (`charformer.heap.retain_freed_memory`). Raises CharformerError if a checkpoint is for another
+    task (naming the tool to use), or the checkpoints cannot form an ensemble."""
     device = inference_device(args.device, args.int8)
     retain_freed_memory()
-    model, vocab, meta = load_task_checkpoint(args.ckpt, device=device, base=args.base)
-    if meta["task"] != task:
-        raise CharformerError(f"{args.ckpt}: a {meta['task']} model; use python -m {TOOLS[meta['task']]}")
     if args.batch_size < 1:
         raise CharformerError(f"--batch-size must be >= 1, got {args.batch_size}")
-    return prepare_for_inference(model, int8=args.int8), vocab, meta
+    members = []
+    for path in args.ckpt:
+        model, vocab, meta = load_task_checkpoint(path, device=device, base=args.base)
+        if meta["task"] != task:
+            raise CharformerError(f"{path}: a {meta['task']} model; use python -m {TOOLS[meta['task']]}")
+        members.append((prepare_for_inference(model, int8=args.int8), vocab, meta))
+    check_members(members, args.ckpt)
+    return members
 
 
 def read_lines(path: str | None) -> list[tuple[str, str]]:

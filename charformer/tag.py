@@ -13,8 +13,8 @@ One sentence per line in. Output formats:
   "text"}]}``, offsets in characters (code points) with ``end`` exclusive, ``text == line[start:end]``.
 
 ``--ckpt`` given more than once: an ensemble, decoding the mean of the checkpoints' per-character tag
-probabilities (`charformer.finetuning.ensemble`). Both formats keep every character as it was; line endings (LF, CRLF, CR) and a leading byte-order mark are not part of
-the text (`charformer.data`).
+probabilities (`charformer.finetuning.ensemble`). Both formats keep every character as it was; line endings
+(LF, CRLF, CR) and a leading byte-order mark are not part of the text (`charformer.data`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,6 @@
 each test fails if its method did nothing."""
 
 import math
-import random
 
 import pytest
 import torch

@@ -83,7 +83,8 @@ class LastCheckpoints:
         self.snapshots: list[dict[str, torch.Tensor]] = []
 
     def snapshot(self) -> None:
-        self.snapshots = [*self.snapshots, {k: p.detach().float().cpu().clone() for k, p in self.params.items()}][-self.n:]
+        now = {k: p.detach().float().cpu().clone() for k, p in self.params.items()}
+        self.snapshots = [*self.snapshots, now][-self.n :]
 
     def weights(self) -> dict[str, torch.Tensor]:
         return {name: sum(s[name] for s in self.snapshots) / len(self.snapshots) for name in self.params}

@@ -82,8 +82,9 @@ def encode_pattern(pattern: str, verbalizers: dict[str, str], vocab: CharVocab) 
 
 
 class ClozeHead(nn.Module):
-    """No weights of its own: it averages the label scores of a text's chunks, and holds the labels, the pattern's ids and the verbalisers' ids (buffers, not saved: the
-    task description in config.json holds them)."""
+    """No weights of its own: it averages the label scores of a text's chunks, and holds the labels, the
+    pattern's ids and the verbalisers' ids (buffers, not saved: the task description in config.json holds
+    them)."""
 
     def __init__(self, labels: list[str], cloze: dict):
         super().__init__()
@@ -95,8 +96,9 @@ class ClozeHead(nn.Module):
     def forward(self, row_scores: torch.Tensor, text_of_row: torch.Tensor, n_texts: int) -> torch.Tensor:
         """Label scores ``(n_texts, L)``: the mean of row_scores ``(R, L)`` over each text's chunks
         (text_of_row ``(R,)``: which text each row is a chunk of)."""
-        sums = torch.zeros(n_texts, row_scores.shape[1], device=row_scores.device).index_add_(0, text_of_row, row_scores)
-        counts = torch.zeros(n_texts, device=row_scores.device).index_add_(0, text_of_row, torch.ones_like(row_scores[:, 0]))
+        device = row_scores.device
+        sums = torch.zeros(n_texts, row_scores.shape[1], device=device).index_add_(0, text_of_row, row_scores)
+        counts = torch.zeros(n_texts, device=device).index_add_(0, text_of_row, torch.ones_like(row_scores[:, 0]))
         return sums / counts.clamp(min=1)[:, None]
 
 

@@ -47,7 +47,8 @@ def check_members(members: Sequence[Member], names: Sequence[str]) -> None:
 def ensemble_label_probs(members: Sequence[Member], texts: Sequence[str], *, batch_size: int,
                          progress: bool = False) -> torch.Tensor:
     """Label probabilities ``(len(texts), L)`` of non-empty texts: the mean of the members' (one member: its own)."""
-    probs = [classify_texts(model, vocab, texts, batch_size=batch_size, progress=progress) for model, vocab, _ in members]
+    probs = [classify_texts(model, vocab, texts, batch_size=batch_size, progress=progress)
+             for model, vocab, _ in members]
     return torch.stack(probs).mean(0)
 
 

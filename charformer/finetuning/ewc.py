@@ -30,7 +30,8 @@ from ..model import CharTransformer
 from ..objectives import lm_loss, mask_for_mlm
 
 
-def fisher_diagonal(params: dict[str, nn.Parameter], losses: Iterable[Callable[[], torch.Tensor]]) -> dict[str, torch.Tensor]:
+def fisher_diagonal(params: dict[str, nn.Parameter],
+                    losses: Iterable[Callable[[], torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Mean squared gradient of each parameter in `params` over `losses` (callables, each computing one batch's
     mean loss); float32 tensors shaped like the parameters, zero where a loss does not reach a parameter."""
     fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}

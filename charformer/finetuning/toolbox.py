@@ -113,8 +113,11 @@ class Toolbox:
         params = trainable(job.model)
         if (cfg.ema or cfg.average_last) and fsdp:
             raise CharformerError("--ema and --average-last keep whole copies of the weights: not with --fsdp")
-        self.averager = EMA(params, cfg.ema) if cfg.ema else LastCheckpoints(params, cfg.average_last) \
-            if cfg.average_last else None
+        self.averager: EMA | LastCheckpoints | None = None
+        if cfg.ema:
+            self.averager = EMA(params, cfg.ema)
+        elif cfg.average_last:
+            self.averager = LastCheckpoints(params, cfg.average_last)
         self.ewc = None
         if cfg.ewc:
             tokens = encode_array(job.vocab, read_corpus([cfg.ewc_data]))

@@ -9,6 +9,8 @@ method.
         --test resume/test.char.bmes --init scratch --n-layers 4 --n-heads 4 --d-model 192 --block-size 128 --crf
     python finetune.py --task classify --train chnsenticorp/train.tsv --dev chnsenticorp/dev.tsv \\
         --test chnsenticorp/test.tsv --init out/mlm --out out/senti --max-steps 2000 --method adapter
+    python finetune.py --task classify ... --init out/mlm --out out/senti_cloze --train-examples 64 \\
+        --method cloze --pattern '{text}总之很[MASK]。' --verbalizers labels.tsv --ema 0.99 --adversarial fgm
     python finetune.py --task lm --init out/xiyouji_lm --train new.txt --dev new_dev.txt --test new_test.txt \\
         --original-val xiyouji_val.txt --rehearsal-data xiyouji_train.txt --rehearsal-share 0.25 --out out/lm_new
 

@@ -9,7 +9,7 @@ model finds most likely is printed, one label per input line (an empty line give
 (pretrain.py --objective mlm) scores the verbaliser's characters at the blank; a causal LM (--objective clm)
 scores them as the continuation of what precedes the blank, which must then come after ``{text}``. How the
 rows are built and scored, and the paper it follows: `charformer.finetuning.cloze`. ``--probs`` adds each
-label's probability (softmax over the labels' scores).
+label's probability (softmax over the labels' scores), in the order of the labels file.
 
 --labels FILE: ``LABEL<TAB>VERBALISER`` per line (or a bare LABEL, its own verbaliser); all verbalisers have the
 same number of characters.
@@ -21,7 +21,7 @@ import argparse
 
 import torch
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, read_meta
 from .errors import CharformerError, run_cli
 from .finetuning.cloze import ClozeClassifier, ClozeHead, encode_pattern, read_verbalizers
 from .quantize import inference_device
@@ -46,9 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
         raise CharformerError(f"--batch-size must be >= 1, got {args.batch_size}")
-    body, vocab, meta = load_checkpoint(args.ckpt, device=inference_device(args.device, False))
-    if "task" in meta:
+    if "task" in read_meta(args.ckpt)[0]:
         raise CharformerError(f"{args.ckpt}: a fine-tuned task checkpoint; zero-shot takes a pretrained LM")
+    body, vocab, _ = load_checkpoint(args.ckpt, device=inference_device(args.device, False))
     verbalizers = read_verbalizers(args.labels)
     head = ClozeHead(list(verbalizers), encode_pattern(args.pattern, verbalizers, vocab))
     model = ClozeClassifier(body, head).to(next(body.parameters()).device).eval()

@@ -126,6 +126,8 @@ def test_cloze_few_shot_end_to_end(files, mlm, tmp_path, capsysbinary):
     classify.main(["--ckpt", str(out), str(texts), "--probs"])
     lines = capsysbinary.readouterr().out.decode().split("\n")
     assert lines[1] == "" and [line.split("\t")[0] in ("0", "1") for line in (lines[0], lines[2])] == [True, True]
+    with pytest.raises(CharformerError, match="a fine-tuned task checkpoint; zero-shot takes a pretrained LM"):
+        zeroshot.main(["--ckpt", str(out), "--labels", files["verbalizers"], str(texts)])
     with pytest.raises(CharformerError, match="--method cloze needs --pattern TEXT and --verbalizers FILE"):
         _run(files, "classify", tmp_path / "bad", "--init", str(mlm), "--method", "cloze")
     with pytest.raises(CharformerError, match="is for --task classify from a pretrained"):

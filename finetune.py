@@ -50,8 +50,9 @@ OUT/results.json: test_before and test_after (the test set scored with the model
 fine-tuning) -- cws: f1, precision, recall, oov_recall, iv_recall (SIGHAN word scoring); ner: f1, precision,
 recall and per_type; classify: accuracy, macro_f1, per_class_f1, confusion; lm: loss (nats/char), bpc, chars,
 and also dev_before/after, original_before/after, original_bpc_before/after, sample_before/after, coverage.
-Then method (cloze for --method cloze), method_options, toolbox (every toolbox option), augmented_examples, trainable_params, total_params, trainable_share, adapter_bytes (what best/ takes
-on disk: for full the whole checkpoint), dev_best_<metric>, steps, epochs, train_seconds, seconds_per_epoch,
+Then method (cloze for --method cloze), method_options, toolbox (every toolbox option), augmented_examples,
+trainable_params, total_params, trainable_share, adapter_bytes (what best/ takes on disk: for full the whole
+checkpoint), dev_best_<metric>, steps, epochs, train_seconds, seconds_per_epoch,
 peak_rss_mb (the peak resident memory of this process, from getrusage), wall_seconds.
 """
 

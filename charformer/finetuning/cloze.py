@@ -12,7 +12,7 @@ The label scores are the masked-LM head's log-probabilities of each verbaliser's
 (summed over its characters when a verbaliser has k > 1: the pattern's one ``[MASK]`` stands for k masks);
 a softmax over the labels gives the prediction, and fine-tuning trains the whole encoder, its masked-LM head
 included, with cross-entropy over these scores. Before any training this is already a zero-shot classifier
-(`charformer.finetuning.zeroshot`).
+(``python -m charformer.zeroshot``).
 
 A text longer than a block is read as chunks, each put into the pattern; a text's label scores are the mean
 over its chunks. The model takes the same batches as `charformer.tasks.heads.Classifier` (``[CLS] + chunk``

@@ -37,7 +37,7 @@ dropout passes; --ema DECAY or --average-last N evaluate and save averaged weigh
 label-preserving new examples to the training set; --ewc LAMBDA --ewc-data FILE holds the weights that the
 earlier task's (or pretraining's) likelihood depends on; --method cloze --pattern TEXT --verbalizers FILE
 classifies through the masked-LM head (PET), for few-shot training. Continued pretraining on in-domain text
-before fine-tuning: pretrain.py --init DIR. Zero-shot: python -m charformer.zeroshot.
+before fine-tuning: pretrain.py --init DIR. Zero-shot: charformer zeroshot.
 
 Outputs in OUT: best/ (the best dev score), last/ (for --resume: the whole model, optimizer, RNGs and AdaLoRA's
 state), metrics.jsonl, curves.png, results.json. With --method full, best/ is a complete checkpoint; with any
@@ -59,34 +59,48 @@ peak_rss_mb (the peak resident memory of this process, from getrusage), wall_sec
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import resource
 import time
-from dataclasses import replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 import torch
 
 from charformer.checkpoint import load_trainer_state, read_meta
-from charformer.cli import add_dataclass_options, build_dataclass, parse_with_config
-from charformer.distributed import barrier, init_distributed, quiet_unless_main, shutdown
+from charformer.cli import add_dataclass_options, build_dataclass, given_fields, parse_with_config
+from charformer.distributed import DistInfo
 from charformer.errors import CharformerError, run_cli
 from charformer.finetuning.toolbox import Toolbox, ToolboxConfig, cloze_job, take_cloze
 from charformer.model import ModelConfig
 from charformer.peft import describe_trainable
 from charformer.peft.training import MethodConfig, Tuning, check_options_apply
-from charformer.tasks.jobs import LMConfig, TaskConfig, lm_job, task_job
+from charformer.run import RunArgs, add_run_options, describe_batch, run_args, start_processes, train, write_results
+from charformer.tasks.jobs import Job, JobSpec, LMConfig, TaskConfig, lm_job, task_job
 from charformer.tasks.model import TASKS, freeze
-from charformer.train import TrainConfig, clear_run, fit, pick_device
+from charformer.train import TrainConfig
 
 ALL_TASKS = (*TASKS, "lm")
 DEFAULT_EPOCHS = 3
 
 
+@dataclass
+class FinetuneArgs:
+    """A fine-tuning run's command line, parsed."""
+
+    run: RunArgs
+    spec: JobSpec
+    epochs: float | None  # training length, unless --max-steps is given
+    train_examples: int | None  # train on a random subset of this many examples
+    method: MethodConfig
+    cloze: bool  # --method cloze: classification through the masked-LM head (method above: full)
+    toolbox: ToolboxConfig  # charformer/finetuning
+    task_cfg: TaskConfig
+    lm_cfg: LMConfig
+    train: TrainConfig
+    train_given: frozenset[str]  # the TrainConfig fields given: the others get fine-tuning defaults
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="TOML file of options (flags given here override it)")
     p.add_argument("--task", default=None, choices=ALL_TASKS, help="cws (word segmentation), ner, classify, or lm "
                    "(continued language-model training)")
     p.add_argument("--train", default=None, help="training file")
@@ -94,56 +108,134 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", default=None, help="test file (scored before and after fine-tuning; optional for lm)")
     p.add_argument("--init", default=None, help="pretrained checkpoint directory (pretrain.py --out), or 'scratch'")
     p.add_argument("--out", default=None, help="output directory (best/, last/, metrics.jsonl, curves.png, results.json)")
-    p.add_argument("--epochs", type=float, default=None, help=f"training length in epochs (default {DEFAULT_EPOCHS}; "
-                   "or --max-steps)")
+    p.add_argument("--epochs", type=float, default=None, help=f"training length in passes over the training "
+                   f"pieces (default {DEFAULT_EPOCHS}; or --max-steps)")
     p.add_argument("--train-examples", type=int, default=None, help="train on a random subset of this many training "
                    "sentences or texts, drawn with --seed (label-efficiency curves; not for lm)")
-    p.add_argument("--resume", action="store_true", default=None, help="continue the run in --out from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true", default=None, help="replace an earlier run in --out (default: refuse)")
+    add_run_options(p, model_group="model (--init scratch; with a checkpoint only dropout and attn_impl may change)")
     add_dataclass_options(p, MethodConfig, group="fine-tuning method")
     add_dataclass_options(p, ToolboxConfig, group="fine-tuning toolbox (charformer/finetuning; --method cloze: "
                                                    "classification through the masked-LM head)")
     add_dataclass_options(p, TaskConfig, group="task (cws, ner, classify)")
     add_dataclass_options(p, LMConfig, group="language model (--task lm)")
-    add_dataclass_options(p, ModelConfig, skip=("vocab_size",), group="model (--init scratch; with a checkpoint only "
-                                                                          "dropout and attn_impl may change)")
     add_dataclass_options(p, TrainConfig, group="training")
     return p
 
 
-def set_training_length(cfg: TrainConfig, args, n_train: int, world_size: int = 1) -> TrainConfig:
-    """`cfg` with --epochs turned into steps (an epoch: `n_train` pieces, `cfg.batch_size` x `world_size` ranks x
-    `cfg.grad_accum` per step), and the fine-tuning defaults: warmup 10% of the steps, evaluation once per epoch
-    (unless given)."""
-    if args.max_steps is not None and args.epochs is not None:
+def parse_args(argv: list[str] | None) -> FinetuneArgs:
+    """The command line (and --config file) as typed options, checked. Raises CharformerError."""
+    given = parse_with_config(build_parser(), argv)
+    task = given.get("task")
+    needed = ("task", "train", "dev", "init", "out") + (() if task == "lm" else ("test",))
+    missing = [f"--{name}" for name in needed if not given.get(name)]
+    if missing:
+        raise CharformerError(f"missing {', '.join(missing)} (on the command line or in the --config file)")
+    if task not in ALL_TASKS:
+        raise CharformerError(f"--task must be one of {ALL_TASKS}, got {task!r}")
+    run = run_args(given)
+    cloze = take_cloze(given)  # before the method is chosen: cloze is full fine-tuning for it
+    toolbox = build_dataclass(ToolboxConfig, given)
+    spec = JobSpec(task, given["train"], given["dev"], given.get("test"), given["init"],
+                   given_fields(ModelConfig, given))
+    task_cfg, train_cfg = build_dataclass(TaskConfig, given), build_dataclass(TrainConfig, given)
+    method = choose_method(build_dataclass(MethodConfig, given), set(given_fields(MethodConfig, given)), task_cfg, spec)
+    if train_cfg.fsdp and method.method != "full":
+        raise CharformerError(f"--fsdp is for --method full: --method {method.method} trains a small share of the "
+                              "weights, which DDP (the default under torchrun) handles without sharding")
+    if "max_steps" in given and "epochs" in given:
         raise CharformerError("give either --max-steps or --epochs, not both")
+    examples = given.get("train_examples")
+    if task == "lm" and (examples is not None or ("rehearsal_share" in given and not given.get("rehearsal_data"))
+                         or toolbox.augment or cloze):
+        raise CharformerError("--train-examples and --augment are for cws, ner and classify, --method cloze for "
+                              "classify; --rehearsal-share needs --rehearsal-data")
+    if examples is not None and examples < 1:
+        raise CharformerError(f"--train-examples must be >= 1, got {examples}")
+    return FinetuneArgs(run, spec, given.get("epochs"), examples, method, cloze, toolbox, task_cfg,
+                        build_dataclass(LMConfig, given), train_cfg, frozenset(given_fields(TrainConfig, given)))
+
+
+def set_training_length(cfg: TrainConfig, epochs: float | None, given_fields: frozenset[str], n_train: int,
+                        world_size: int = 1) -> TrainConfig:
+    """`cfg` with `epochs` (unless --max-steps was given) turned into steps (an epoch: `n_train` pieces,
+    `cfg.batch_size` x `world_size` ranks x `cfg.grad_accum` per step), and the fine-tuning defaults for what
+    was not given: warmup 10% of the steps, evaluation once per epoch."""
     steps_per_epoch = math.ceil(n_train / (cfg.batch_size * world_size * cfg.grad_accum))
-    if args.max_steps is None:
-        epochs = DEFAULT_EPOCHS if args.epochs is None else args.epochs
+    if "max_steps" not in given_fields:
+        epochs = DEFAULT_EPOCHS if epochs is None else epochs
         if epochs <= 0:
             raise CharformerError(f"--epochs must be positive, got {epochs}")
         cfg = replace(cfg, max_steps=max(1, math.ceil(epochs * steps_per_epoch)))
-    if args.warmup_steps is None:
+    if "warmup_steps" not in given_fields:
         cfg = replace(cfg, warmup_steps=max(1, cfg.max_steps // 10))
-    if args.eval_interval is None:
+    if "eval_interval" not in given_fields:
         cfg = replace(cfg, eval_interval=min(steps_per_epoch, cfg.max_steps))
     return cfg
 
 
-def choose_method(args, method_cfg: MethodConfig, task_cfg: TaskConfig) -> MethodConfig:
+def choose_method(method_cfg: MethodConfig, method_given: set[str], task_cfg: TaskConfig, spec: JobSpec) -> MethodConfig:
     """Reconcile --method with --freeze: --freeze body is --method freeze; other --freeze values refine full."""
     method = method_cfg.method
     if task_cfg.freeze == "body":
         if method not in ("full", "freeze"):
             raise CharformerError(f"--freeze body means --method freeze; it cannot go with --method {method}")
         method = "freeze"
-    elif task_cfg.freeze != "none" and (method != "full" or args.task == "lm"):
+    elif task_cfg.freeze != "none" and (method != "full" or spec.task == "lm"):
         raise CharformerError(f"--freeze {task_cfg.freeze} refines --method full for cws, ner and classify")
-    if method != "full" and args.init == "scratch":
+    if method != "full" and spec.init == "scratch":
         raise CharformerError(f"--method {method} adapts a pretrained base and saves an adapter bound to it: give "
                               "--init DIR, or use --method full from scratch")
-    check_options_apply(args, method)
+    check_options_apply(method_given, method)
     return replace(method_cfg, method=method)
+
+
+def build_job(opts: FinetuneArgs, world_size: int) -> Job:
+    """The task's data, model and objective; the objective draws global batches (per-rank batch x ranks), of
+    which `fit` gives each rank its slice."""
+    job_cfg = replace(opts.train, batch_size=opts.train.batch_size * world_size)
+    if opts.spec.task == "lm":
+        return lm_job(opts.spec, opts.lm_cfg, job_cfg, opts.task_cfg.eval_batch_size)
+    job = task_job(opts.spec, opts.task_cfg, job_cfg, opts.train_examples, augment=opts.toolbox.augment)
+    return cloze_job(job, opts.toolbox, opts.spec.task) if opts.cloze else job
+
+
+@dataclass
+class Checkpoints:
+    """`fit`'s checkpoints of a fine-tuning run. ``last/`` is always a complete checkpoint with the trainer
+    state (and the method's, e.g. AdaLoRA's controller); ``best/`` is one too for --method full, else an
+    adapter bound to the base."""
+
+    job: Job
+    tuning: Tuning
+
+    def save_last(self, path, trainer_state, trainer_tensors, weights) -> None:
+        tensors = {**trainer_tensors, **self.tuning.state_tensors()}
+        self.job.save_full(path, self.tuning.record, trainer_state, tensors, weights)
+
+    def save_best(self, path, weights) -> None:
+        if self.tuning.saves_adapter:
+            self.tuning.save(path, self.job.body, heads=self.job.heads, extra=self.job.description,
+                             base_path=self.job.base_dir)
+        else:
+            self.job.save_full(path, self.tuning.record, None, None, weights)
+
+
+def start_tuning(opts: FinetuneArgs, job: Job, cfg: TrainConfig, device: torch.device, dist_info: DistInfo) -> Tuning:
+    """Put the method on the job's body (and freeze what --freeze says); when resuming, check it is the method
+    of the run in --out and restore its state."""
+    tuning = Tuning(job.body, opts.method, total_steps=cfg.max_steps, head_params=job.head_params)
+    if opts.task_cfg.freeze not in ("none", "body"):  # part of the body kept fixed under full (see choose_method)
+        freeze(job.model, opts.task_cfg.freeze)
+    body_cfg, last = job.body.cfg, opts.run.out / "last"
+    print(f"model: {opts.spec.init} ({body_cfg.n_layers} layers, d_model {body_cfg.d_model}, block "
+          f"{body_cfg.block_size}, {'causal' if body_cfg.causal else 'bidirectional'}), task {opts.spec.task}, "
+          f"method {tuning.method} {tuning.settings or ''}; {describe_trainable(job.model)}; {cfg.max_steps} steps "
+          f"of {cfg.batch_size} x {cfg.grad_accum}; device {device}")
+    print(describe_batch(cfg, dist_info, unit="pieces"))
+    if opts.run.resume:
+        tuning.check_resume(read_meta(last)[0], last)
+        tuning.restore(load_trainer_state(last)[1])
+    return tuning
 
 
 def _headline(task: str, scores: dict) -> str:
@@ -181,117 +273,51 @@ def print_report(task: str, results: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     t_start = time.time()
-    args = parse_with_config(build_parser(), argv)
-    needed = ("task", "train", "dev", "init", "out") + (() if args.task == "lm" else ("test",))
-    missing = [f"--{name}" for name in needed if not getattr(args, name)]
-    if missing:
-        raise CharformerError(f"missing {', '.join(missing)} (on the command line or in the --config file)")
-    if args.task not in ALL_TASKS:
-        raise CharformerError(f"--task must be one of {ALL_TASKS}, got {args.task!r}")
-    out, resume = Path(args.out), bool(args.resume)
-    if not resume and not args.overwrite and (out / "last").exists():
-        raise CharformerError(f"{out} already holds a run: pass --resume to continue it, --overwrite to replace it, "
-                              "or choose another --out")
-    cloze = take_cloze(args)  # the toolbox (charformer.finetuning): its options, then its changes below
-    toolbox_cfg = build_dataclass(ToolboxConfig, args)
-    task_cfg = build_dataclass(TaskConfig, args)
-    train_cfg = build_dataclass(TrainConfig, args)
-    method_cfg = choose_method(args, build_dataclass(MethodConfig, args), task_cfg)
-    if train_cfg.fsdp and method_cfg.method != "full":
-        raise CharformerError(f"--fsdp is for --method full: --method {method_cfg.method} trains a small share of the "
-                              "weights, which DDP (the default under torchrun) handles without sharding")
-    device = pick_device(train_cfg.device)
-    dist_info = init_distributed(device.type)  # under torchrun: one process per device; else a no-op
-    if device.type == "cuda" and dist_info.enabled:
-        device = torch.device("cuda", dist_info.local_rank)
-    quiet_unless_main(dist_info)
-    # The objective draws global batches (per-rank batch x ranks); fit gives each rank its slice.
-    job_cfg = replace(train_cfg, batch_size=train_cfg.batch_size * dist_info.world_size)
-    if args.task == "lm":
-        lm_cfg = build_dataclass(LMConfig, args)
-        if args.train_examples is not None or (args.rehearsal_share is not None and not lm_cfg.rehearsal_data) \
-                or toolbox_cfg.augment:
-            raise CharformerError("--train-examples and --augment are for cws, ner and classify; --rehearsal-share "
-                                  "needs --rehearsal-data")
-        job = lm_job(args, lm_cfg, job_cfg, task_cfg.eval_batch_size)
-    else:
-        if args.train_examples is not None and args.train_examples < 1:
-            raise CharformerError(f"--train-examples must be >= 1, got {args.train_examples}")
-        job = task_job(args, task_cfg, job_cfg, args.train_examples)
-        if cloze:
-            job = cloze_job(job, toolbox_cfg, args.task)
-    train_cfg = set_training_length(train_cfg, args, job.n_train, dist_info.world_size)
-    global_batch = job_cfg.batch_size * train_cfg.grad_accum
-
+    opts = parse_args(argv)
+    device, dist_info = start_processes(opts.train)
+    job = build_job(opts, dist_info.world_size)
+    cfg = set_training_length(opts.train, opts.epochs, opts.train_given, job.n_train, dist_info.world_size)
     job.model.to(device)
     # Scored before the method goes on, so that "before" is the base model for every method (a prefix changes
     # the outputs from the start; the task head is untrained either way).
     before = job.score(job.model) if dist_info.is_main else {}  # rank 0 alone scores and reports
-    tuning = Tuning(job.body, method_cfg, total_steps=train_cfg.max_steps, head_params=job.head_params)
-    if task_cfg.freeze not in ("none", "body"):  # part of the body kept fixed under full (see choose_method)
-        freeze(job.model, task_cfg.freeze)
-    toolbox = Toolbox(job, toolbox_cfg, batch_size=job_cfg.batch_size, seed=train_cfg.seed, fsdp=train_cfg.fsdp)
-    body_cfg = job.body.cfg
-    print(f"model: {args.init} ({body_cfg.n_layers} layers, d_model {body_cfg.d_model}, block {body_cfg.block_size}, "
-          f"{'causal' if body_cfg.causal else 'bidirectional'}), task {args.task}, method {tuning.method} "
-          f"{tuning.settings or ''}; {describe_trainable(job.model)}; {train_cfg.max_steps} steps of "
-          f"{train_cfg.batch_size} x {train_cfg.grad_accum}; device {device}")
-    print(f"effective batch: {train_cfg.batch_size} per rank x {dist_info.world_size} ranks x {train_cfg.grad_accum} "
-          f"accumulation = {global_batch}")
-    if resume:
-        tuning.check_resume(read_meta(out / "last")[0], out / "last")
-        tuning.restore(load_trainer_state(out / "last")[1])
+    tuning = start_tuning(opts, job, cfg, device, dist_info)
+    toolbox = Toolbox(job, opts.toolbox, batch_size=opts.train.batch_size * dist_info.world_size,
+                      seed=cfg.seed, fsdp=cfg.fsdp)  # after the method: it sees which weights train
+    out, task = opts.run.out, opts.spec.task
+    if opts.run.resume:
         toolbox.restore(load_trainer_state(out / "last")[1])
-
-    def save(path, trainer_state, trainer_tensors, weights):
-        if trainer_state is None and tuning.saves_adapter:  # best/ of a parameter-efficient run
-            tuning.save(path, job.body, heads=job.heads, extra=job.description, base_path=job.base_dir)
-        else:
-            tensors = None if trainer_state is None else {**trainer_tensors, **tuning.state_tensors()}
-            job.save_full(path, tuning.record, trainer_state, tensors, weights)
-
-    if args.overwrite and not resume and dist_info.is_main:
-        clear_run(out)  # only now: a run with bad input must leave the old one untouched
-    out.mkdir(parents=True, exist_ok=True)
-    barrier(dist_info)
-    summary = fit(job.model, toolbox.objective(tuning.objective(job.objective)), train_cfg, out,
-                  toolbox.wrap_save(save), resume=resume, lr_scale=job.lr_scale,
-                  desc=f"finetune {args.task} {tuning.method} {out.name}",
-                  after_step=toolbox.after_step(tuning.after_step), dist_info=dist_info)
-    shutdown(dist_info)
-    if not dist_info.is_main:
+    summary = train(opts.run, dist_info, job.model, toolbox.objective(tuning.objective(job.objective)), cfg,
+                    toolbox.checkpoints(Checkpoints(job, tuning)), lr_scale=job.lr_scale,
+                    desc=f"finetune {task} {tuning.method} {out.name}",
+                    after_step=toolbox.after_step(tuning.after_step))
+    if summary is None:  # not rank 0
         return 0
     best = job.load_best(out / "best", device)
     after = job.score(best)
     metric = job.objective.metric
-    epochs = summary["steps"] * global_batch / job.n_train
+    epochs = summary["steps"] * cfg.batch_size * dist_info.world_size * cfg.grad_accum / job.n_train
     results = {
-        "task": args.task,
-        "init": args.init,
-        "files": {"train": args.train, "dev": args.dev, "test": args.test},
+        "task": task,
+        "init": opts.spec.init,
+        "files": {"train": opts.spec.train, "dev": opts.spec.dev, "test": opts.spec.test},
         **{f"{name}_{when}": scores[name] for name in before
            for when, scores in (("before", before), ("after", after))},
         f"dev_best_{metric}": summary[f"best_{metric}"],
         **tuning.summary(job.model, best=out / "best", best_model=best),
-        **({"method": "cloze"} if cloze else {}),
+        **({"method": "cloze"} if opts.cloze else {}),
         **toolbox.summary(),
-        "freeze": task_cfg.freeze,
-        "wall_seconds": round(time.time() - t_start, 1),
+        "freeze": opts.task_cfg.freeze,
         "train_seconds": summary["train_seconds"],
         "seconds_per_epoch": summary["train_seconds"] / epochs,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux reports KiB
         "steps": summary["steps"],
         "epochs": epochs,
         "stopped_early": summary["stopped_early"],
-        "world_size": dist_info.world_size,
-        "effective_batch": global_batch,
         **job.results,
-        "model": body_cfg.to_dict(),
-        "device": str(device),
-        "torch": torch.__version__,
+        "model": job.body.cfg.to_dict(),
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    print_report(args.task, results)
+    results = write_results(out, results, t_start=t_start, device=device, dist_info=dist_info, cfg=cfg)
+    print_report(task, results)
     print(f"best: {out / 'best'}   curves: {out / 'curves.png'}   results: {out / 'results.json'}")
     return 0
 

@@ -1,8 +1,8 @@
-"""Attention benchmark: naive PyTorch vs fused softmax vs Triton FlashAttention-2 vs PyTorch SDPA.
+"""Attention benchmark: naive PyTorch vs fused softmax vs Triton FlashAttention-2 vs PyTorch SDPA vs FlexAttention.
 
-    python bench/attention.py                    # GPU sweep: T = 512 .. 65536, D = 64 and 128, bf16, both masks
-    python bench/attention.py --quick            # CPU smoke test (< 1 min); Triton runs in the interpreter
-    python bench/attention.py --help
+    python -m bench.attention                    # GPU sweep: T = 512 .. 65536, D = 64 and 128, bf16, both masks
+    python -m bench.attention --quick            # CPU smoke test (< 1 min); Triton runs in the interpreter
+    python -m bench.attention --help             # (or: charformer bench attention ...)
 
 Implementations (all take q, k, v of shape (B, H, T, D) and return o):
     naive           kernels.reference.attention_reference: materialises the (T, T) scores, several passes
@@ -11,6 +11,8 @@ Implementations (all take q, k, v of shape (B, H, T, D) and return o):
     sdpa:<BACKEND>  torch.nn.functional.scaled_dot_product_attention forced to one backend with
                     torch.nn.attention.sdpa_kernel; each of FLASH_ATTENTION, CUDNN_ATTENTION, EFFICIENT_ATTENTION
                     and MATH is tried, and a backend that rejects the inputs is reported as "unsupported"
+    flex            torch.nn.attention.flex_attention with a block mask built once per shape (it skips the blocks
+                    the mask leaves empty, as our kernel does); compiled with torch.compile on a GPU, eager on CPU
 The O(T²)-memory ones (naive, fused_softmax, sdpa:MATH, and any windowed SDPA, which needs a (T, T) mask) are
 skipped above --naive-max-t.
 
@@ -21,8 +23,9 @@ with the fp32 reference (max |error|) when T <= --naive-max-t.
 
 Batch: B = max(1, --tokens // T) unless --batch is given, so every T processes about the same number of tokens.
 
-Output (--out, default bench/results/): attention.json (environment + one record per measurement; rewritten
-after every sweep, so a cut-short run keeps what it measured) and one PNG per sweep (dtype, D, mask, window).
+Output (--out, default out/attention/; results kept on purpose are copied to bench/results/): attention.json (environment, the configs the autotuner chose, one record
+per measurement; rewritten after every record, so a run cut short keeps what it measured; --append adds to the
+records already there) and one PNG per sweep (dtype, D, mask, window).
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -42,7 +44,6 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # the Triton interpreter's small numpy matmuls run faster
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernel modules are imported
     torch.set_num_threads(1)  # tiny CPU ops: a 2-core machine ran the naive fwd+bwd at T=128 70x slower with 2
@@ -51,7 +52,7 @@ import torch.nn.functional as F  # noqa: E402
 import triton  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
-from kernels.flash_attention import flash_attention  # noqa: E402
+from kernels.flash_attention import autotune_choices, flash_attention  # noqa: E402
 from kernels.reference import attention_reference, visible_keys  # noqa: E402
 from kernels.softmax import fused_softmax  # noqa: E402
 
@@ -90,8 +91,30 @@ def sdpa(backend: str):
     return run
 
 
+_FLEX = {}  # compiled flex_attention and block masks, built on first use (block masks per shape)
+
+
+def flex(q, k, v, causal, window):
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    if "fn" not in _FLEX:
+        _FLEX["fn"] = torch.compile(flex_attention, dynamic=False) if CUDA else flex_attention
+    tq, tk = q.shape[2], k.shape[2]
+    key = (tq, tk, causal, window, q.device)
+    if key not in _FLEX:
+        w, shift = window or tk, tk - tq  # the project's convention: queries aligned to the end of the keys
+
+        def visible(b, h, q_idx, kv_idx):
+            pos_q = q_idx + shift
+            ok = pos_q - kv_idx < w
+            return ok & (kv_idx <= pos_q) if causal else ok & (kv_idx - pos_q < w)
+
+        _FLEX[key] = create_block_mask(visible, None, None, tq, tk, device=q.device)
+    return _FLEX["fn"](q, k, v, block_mask=_FLEX[key])
+
+
 def implementations(names: list[str]) -> dict:
-    table = {"naive": naive, "fused_softmax": naive_fused_softmax, "triton": triton_flash}
+    table = {"naive": naive, "fused_softmax": naive_fused_softmax, "triton": triton_flash, "flex": flex}
     out = {}
     for name in names:
         if name == "sdpa":
@@ -217,7 +240,11 @@ def environment() -> dict:
 
 
 def plot_sweep(records: list[dict], title: str, path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # a bare GPU machine (bench/gpu_check.sh) may not have it; the JSON holds every figure
+        print(f"matplotlib is not installed: no {path.name}")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -247,18 +274,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--T", type=int, nargs="+", default=[2**i for i in range(9, 17)], help="sequence lengths")
     p.add_argument("--head-dims", type=int, nargs="+", default=[64, 128], help="head dims D (default 64 128)")
     p.add_argument("--masks", nargs="+", default=["causal", "bidirectional"], choices=["causal", "bidirectional"])
-    p.add_argument("--window", type=int, default=None, help="sliding window (keys), default none")
+    p.add_argument("--window", type=int, nargs="+", default=[None], help="sliding windows (keys), default none")
     p.add_argument("--dtype", default="bf16", choices=DTYPES, help="input dtype (default bf16; GPU only)")
     p.add_argument("--tokens", type=int, default=16384, help="B = max(1, tokens // T) (default 16384)")
     p.add_argument("--batch", type=int, default=None, help="fixed batch size instead of --tokens")
     p.add_argument("--heads", type=int, default=8, help="heads H (default 8)")
     p.add_argument("--impls", nargs="+", default=["naive", "fused_softmax", "triton", "sdpa"],
-                   choices=["naive", "fused_softmax", "triton", "sdpa"])
+                   choices=["naive", "fused_softmax", "triton", "sdpa", "flex"])
     p.add_argument("--naive-max-t", type=int, default=4096, help="largest T for O(T^2)-memory implementations")
     p.add_argument("--reps", type=int, default=10, help="timed repeats, median reported (default 10)")
     p.add_argument("--warmup", type=int, default=3, help="untimed repeats first (default 3; autotuning happens here)")
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results",
-                   help="output directory (default bench/results/)")
+    p.add_argument("--out", type=Path, default=Path("out/attention"), help="output directory (default out/attention)")
+    p.add_argument("--append", action="store_true", help="add to the records of an existing attention.json in --out")
     p.add_argument("--quick", action="store_true",
                    help="CPU smoke test: T 64 and 128, B=1, H=2, D=32, fp32, 3 reps (overrides those options)")
     args = p.parse_args(argv)
@@ -270,31 +297,40 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message=".*(kernel not used|Memory efficient|Flash attention|cuDNN).*")
 
     args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "attention.json"
     dtype = DTYPES[args.dtype]
     impls = implementations(args.impls)
     results = dict(environment=environment(), args={k: str(v) for k, v in vars(args).items()}, records=[])
+    if args.append and path.exists():
+        results["records"] = json.loads(path.read_text())["records"]
     for d in args.head_dims:
-        for mask in args.masks:
-            causal = mask == "causal"
-            sweep = []
-            for t in args.T:
-                b = args.batch or max(1, args.tokens // t)
-                o_ref = reference_output(b, args.heads, t, d, dtype, causal, args.window) \
-                    if t <= args.naive_max_t else None
-                for impl, fn in impls.items():
-                    r = measure(impl, fn, b, args.heads, t, d, dtype, causal, args.window, args, o_ref)
-                    sweep.append(r)
-                    timing = (f"fwd {r['fwd_ms']:9.3f} ms  bwd {r['bwd_ms']:9.3f} ms  {r['total_tflops']:7.2f} "
-                              f"TFLOP/s  err {r.get('max_abs_err', float('nan')):.1e}" if r["status"] == "ok"
-                              else r["status"])
-                    print(f"{args.dtype} D={d} {mask:<13} T={t:<6} B={b:<4} {impl:<26} {timing}", flush=True)
-                del o_ref
-            results["records"] += sweep
-            (args.out / "attention.json").write_text(json.dumps(results, indent=1))
-            window = f"_w{args.window}" if args.window else ""
-            title = f"{results['environment']['device']}: {args.dtype}, D={d}, H={args.heads}, {mask}{window}"
-            plot_sweep(sweep, title, args.out / f"attention_{args.dtype}_d{d}_{mask}{window}.png")
-    print(f"wrote {args.out / 'attention.json'} and {len(args.head_dims) * len(args.masks)} PNGs")
+        for window in args.window:
+            for mask in args.masks:
+                sweep(results, d, mask == "causal", window, dtype, impls, args, path)
+    print(f"wrote {path}; autotune choices: {json.dumps(results['autotune'], indent=1)}")
+
+
+def sweep(results: dict, d: int, causal: bool, window: int | None, dtype, impls: dict, args, path: Path) -> None:
+    """Measure every implementation at every T for one (D, mask, window); JSON after each record, then a PNG."""
+    mask = "causal" if causal else "bidirectional"
+    records = []
+    for t in args.T:
+        b = args.batch or max(1, args.tokens // t)
+        o_ref = reference_output(b, args.heads, t, d, dtype, causal, window) if t <= args.naive_max_t else None
+        for impl, fn in impls.items():
+            r = measure(impl, fn, b, args.heads, t, d, dtype, causal, window, args, o_ref)
+            records.append(r)
+            results["records"].append(r)
+            results["autotune"] = autotune_choices()
+            path.write_text(json.dumps(results, indent=1))
+            timing = (f"fwd {r['fwd_ms']:9.3f} ms  bwd {r['bwd_ms']:9.3f} ms  fwd {r['fwd_tflops']:6.1f} "
+                      f"bwd {r['bwd_tflops']:6.1f} TFLOP/s  err {r.get('max_abs_err', float('nan')):.1e}"
+                      if r["status"] == "ok" else r["status"])
+            print(f"{args.dtype} D={d} {mask:<13} w={window} T={t:<6} B={b:<4} {impl:<26} {timing}", flush=True)
+        del o_ref
+    suffix = f"_w{window}" if window else ""
+    title = f"{results['environment']['device']}: {args.dtype}, D={d}, H={args.heads}, {mask}{suffix}"
+    plot_sweep(records, title, args.out / f"attention_{args.dtype}_d{d}_{mask}{suffix}.png")
 
 
 if __name__ == "__main__":

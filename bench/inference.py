@@ -30,7 +30,8 @@ Accuracy: with --test, the word F1 of each variant on that file (SIGHAN scoring,
 lost against fp32 (the bar for int8 on CTB6: at most 0.3); with --bpc-ckpt and --bpc-data, the bits/char of
 each variant of that language model on its validation text, and what int8 and bf16 add.
 
-Output: a table on stdout and JSON (--out; default bench/results/inference_cpu.json, _quick with --quick).
+Output: a table on stdout and JSON (--out; default out/inference_cpu.json, _quick with --quick; results kept on
+purpose are copied to bench/results/).
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ import multiprocessing
 import os
 import random
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -52,22 +52,20 @@ from typing import Callable
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # finetune.py is a script at the repository root
 
-from charformer.checkpoint import load_checkpoint, read_meta  # noqa: E402
-from charformer.data import encode_array, read_text, split_corpus, split_lines  # noqa: E402
-from charformer.errors import CharformerError, run_cli  # noqa: E402
-from charformer.generate import generate  # noqa: E402
-from charformer.objectives import lm_scores  # noqa: E402
-from charformer.model import CharTransformer, ModelConfig  # noqa: E402
-from charformer.heap import retain_freed_memory  # noqa: E402
-from charformer.quantize import int8_engine, prepare_for_inference  # noqa: E402
-from charformer.tasks.metrics import cws_scores  # noqa: E402
-from charformer.tasks.model import load_task_checkpoint  # noqa: E402
-from charformer.tasks.objectives import tag_texts  # noqa: E402
-from charformer.tasks.readers import read_cws  # noqa: E402
-from charformer.tasks.schemes import spans_to_words  # noqa: E402
+from charformer.checkpoint import load_checkpoint, read_meta
+from charformer.data import encode_array, read_text, split_corpus, split_lines
+from charformer.errors import CharformerError, run_cli
+from charformer.generate import generate
+from charformer.objectives import lm_scores
+from charformer.model import CharTransformer, ModelConfig
+from charformer.heap import retain_freed_memory
+from charformer.quantize import int8_engine, prepare_for_inference
+from charformer.tasks.metrics import cws_scores
+from charformer.tasks.checkpoint import load_task_checkpoint
+from charformer.tasks.predict import tag_texts
+from charformer.tasks.readers import read_cws
+from charformer.tasks.schemes import spans_to_words
 
 VARIANTS = ("fp32", "int8", "bf16")
 # The shape of configs/zh_encoder_cpu.toml, the CTB6 segmenter's: speed figures only mean something at it.
@@ -236,7 +234,7 @@ def train_quick_segmenter(root: Path) -> tuple[str, str]:
     """A segmenter of the real shape trained for 5 steps on xiyouji lines cut into random 1-3 character words
     (a speed subject, not a segmenter). Returns (checkpoint, segmented test file)."""
     rng = random.Random(0)
-    text = read_text(ROOT / "data" / "xiyouji_1-17.txt").replace(" ", "")  # ASCII spaces would read as separators
+    text = read_text(Path("data") / "xiyouji_1-17.txt").replace(" ", "")  # ASCII spaces would read as separators
     lines = [line for line, _ in split_lines(text) if line.strip()]
     files = {}
     for split, part in (("train", lines[:400]), ("dev", lines[400:420]), ("test", lines[420:480])):
@@ -282,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         lines = ([s.text for s in read_cws(args.test)] if not args.text else
                  [line for line, _ in split_lines(read_text(args.text)) if line])[: args.max_lines]
         results = run_all(args, threads, batches, lines)
-    out = Path(args.out or ROOT / "bench" / "results" / f"inference_cpu{'_quick' if args.quick else ''}.json")
+    out = Path(args.out or f"out/inference_cpu{'_quick' if args.quick else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\n{out}")

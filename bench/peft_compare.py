@@ -1,8 +1,10 @@
 """Compare the fine-tuning methods (full, freeze, lora, adapter, prefix, adalora) on word segmentation (CTB6),
 sentiment classification (ChnSentiCorp) and continued language-model training, and draw label-efficiency curves.
 
-    python bench/peft_compare.py --quick          # tiny subsets, tiny bases pretrained here, few steps: < 3 min
-    python bench/peft_compare.py --encoder out/zh_mlm --lm-base out/chinese_char_cpu --out out/peft_compare
+    python -m bench.peft_compare --quick --data-dir $D     # tiny subsets, tiny bases pretrained here: < 3 min
+    python -m bench.peft_compare --data-dir $D --encoder out/zh_mlm --lm-base out/chinese_char_cpu --out out/peft_compare
+
+$D is the folder of the public data sets (cws/ctb6, sentiment/chnsenticorp, zh_text; or set CHARFORMER_DATA).
 
 Every run is finetune.py's own `main` (nothing of its logic is repeated here), each in a forked child process:
 this parent imports torch but computes nothing, so forking is safe, and each child's peak resident memory is its
@@ -40,23 +42,20 @@ import contextlib
 import json
 import math
 import multiprocessing
+import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # finetune.py and pretrain.py are scripts at the repository root
+import finetune
+import pretrain
+from charformer.checkpoint import resolve
+from charformer.data import read_corpus, read_text, split_corpus
+from charformer.errors import run_cli
+from charformer.peft import METHODS
+from charformer.runlog import plt  # matplotlib without a display
 
-import finetune  # noqa: E402
-import pretrain  # noqa: E402
-from charformer.checkpoint import resolve  # noqa: E402
-from charformer.data import read_corpus, read_text, split_corpus  # noqa: E402
-from charformer.errors import run_cli  # noqa: E402
-from charformer.peft import METHODS  # noqa: E402
-from charformer.runlog import plt  # noqa: E402  (matplotlib without a display)
-
-SHARED = Path("/work/shared/data")
 METRIC = {"cws": "f1", "classify": "accuracy", "lm": "bpc"}
 TASK_NAMES = {"cws": "CWS (CTB6), word F1", "classify": "sentiment (ChnSentiCorp), accuracy", "lm": "LM, bits/char"}
 QUICK_MODEL = ["--n-layers", "1", "--n-heads", "2", "--d-model", "32", "--block-size", "32"]
@@ -73,15 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", default="out/zh_mlm", help="pretrained bidirectional checkpoint for cws and "
                    "classify (pretrain.py --objective mlm)")
     p.add_argument("--lm-base", default="out/chinese_char_cpu", help="pretrained causal checkpoint for lm")
-    p.add_argument("--lm-base-text", default=str(ROOT / "data/xiyouji_1-17.txt"), help="the text --lm-base was "
+    p.add_argument("--data-dir", default=os.environ.get("CHARFORMER_DATA"), help="folder of the data sets: "
+                   "cws/ctb6, sentiment/chnsenticorp, zh_text/hongloumeng.txt (default: $CHARFORMER_DATA); the "
+                   "three options below name files or folders elsewhere")
+    p.add_argument("--lm-base-text", default="data/xiyouji_1-17.txt", help="the text --lm-base was "
                    "pretrained on: its validation split (the base's val_fraction) measures forgetting, the rest "
                    "is rehearsed")
-    p.add_argument("--lm-new-text", default=str(SHARED / "zh_text/hongloumeng.txt"), help="the new text: its last "
+    p.add_argument("--lm-new-text", default=None, help="the new text (default: DATA_DIR/zh_text/hongloumeng.txt): its last "
                    "2 x --lm-eval-chars characters become dev and test, the rest (up to --lm-train-chars) training")
     p.add_argument("--lm-train-chars", type=int, default=None, help="cap on the new training text (default: all)")
     p.add_argument("--lm-eval-chars", type=int, default=20000, help="characters of new text in dev, and in test")
-    p.add_argument("--cws-dir", default=str(SHARED / "cws/ctb6"), help="train.txt, dev.txt, test.txt")
-    p.add_argument("--sentiment-dir", default=str(SHARED / "sentiment/chnsenticorp"), help="train/dev/test.tsv")
+    p.add_argument("--cws-dir", default=None, help="train.txt, dev.txt, test.txt (default: DATA_DIR/cws/ctb6)")
+    p.add_argument("--sentiment-dir", default=None, help="train/dev/test.tsv (default: "
+                   "DATA_DIR/sentiment/chnsenticorp)")
     p.add_argument("--epochs", type=float, default=1.0, help="cws and classify: epochs per run")
     p.add_argument("--lm-steps", type=int, default=400, help="lm: optimizer steps per run (400 x 32 blocks of 64 "
                    "characters: about one pass over the new training text)")
@@ -291,7 +294,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.tasks) - set(METRIC)) + sorted(set(methods) - set(METHODS))
     if unknown:
         sys.exit(f"unknown task or method: {', '.join(unknown)}")
-    out = Path(args.out or ROOT / "out" / ("peft_compare_quick" if args.quick else "peft_compare"))
+    for name, default in (("cws_dir", "cws/ctb6"), ("sentiment_dir", "sentiment/chnsenticorp"),
+                          ("lm_new_text", "zh_text/hongloumeng.txt")):
+        if getattr(args, name) is None:
+            if args.data_dir is None:
+                sys.exit(f"give --data-dir DIR (or set CHARFORMER_DATA), or --{name.replace('_', '-')}")
+            setattr(args, name, str(Path(args.data_dir) / default))
+    out = Path(args.out or Path("out") / ("peft_compare_quick" if args.quick else "peft_compare"))
     if args.quick:
         shutil.rmtree(out, ignore_errors=True)  # a smoke test starts clean
         args.curve_sizes, args.lm_eval_chars, args.lm_train_chars = "50", 2000, 20000

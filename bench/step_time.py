@@ -7,8 +7,8 @@ LayerNorm, tied head) trained by a bare ``for`` loop with AdamW. Both see the sa
 Shakespeare. The two are timed in many short alternating rounds so machine noise hits both alike; we report
 medians of the per-round times.
 
-    python bench/step_time.py                       # the CPU shape of configs/shakespeare_char_cpu.toml
-    python bench/step_time.py --threads 1 --out bench/results/step_time_cpu.json
+    python -m bench.step_time                       # the CPU shape of configs/shakespeare_char_cpu.toml
+    python -m bench.step_time --threads 1 --out bench/results/step_time_cpu.json   # (or: charformer bench step_time)
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from charformer.data import encode_array, random_windows, read_text
 from charformer.model import CharTransformer, ModelConfig
 from charformer.objectives import lm_loss
-from charformer.train import TrainConfig, fit
+from charformer.train import NoCheckpoints, TrainConfig, fit
 from charformer.vocab import CharVocab
 
 
@@ -114,13 +114,13 @@ def charformer_loop(tokens, vocab_size, args, steps) -> float:
     with tempfile.TemporaryDirectory() as out:
         train_cfg = TrainConfig(max_steps=args.warmup, batch_size=args.batch_size, eval_interval=10**9, log_interval=10,
                                 warmup_steps=args.warmup)
-        fit(model, _TimedLM(tokens, args), train_cfg, Path(out) / "warm", lambda *a: None, desc="warm-up")
+        fit(model, _TimedLM(tokens, args), train_cfg, Path(out) / "warm", NoCheckpoints(), desc="warm-up")
         train_cfg.max_steps = steps
-        summary = fit(model, _TimedLM(tokens, args), train_cfg, Path(out) / "timed", lambda *a: None, desc="charformer")
+        summary = fit(model, _TimedLM(tokens, args), train_cfg, Path(out) / "timed", NoCheckpoints(), desc="charformer")
     return summary["train_seconds"] / steps
 
 
-def main():
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/shakespeare.txt")
     p.add_argument("--n-layers", type=int, default=4)
@@ -134,7 +134,7 @@ def main():
     p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--out", default=None, help="write the figures as JSON here")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     text = read_text(args.data)

@@ -1,8 +1,9 @@
 """Few-shot sentiment on ChnSentiCorp: a classification head against cloze (PET) on the same N labelled reviews,
 from a masked LM pretrained on the reviews' own text (task-adaptive pretraining), with the zero-shot point.
 
-    python bench/toolbox.py                        # sized for a shared CPU: minutes
-    python bench/toolbox.py --shots 16,64,256 --seeds 1,2,3 --pretrain-steps 3000 --n-layers 4 --d-model 256
+    python -m bench.toolbox                        # sized for a shared CPU: minutes
+    python -m bench.toolbox --shots 16,64,256 --seeds 1,2,3 --pretrain-steps 3000 --n-layers 4 --d-model 256
+    charformer bench toolbox --results bench/results/toolbox_fewshot.json
 
 Steps, each a call of the project's own `main` (pretrain.py, finetune.py; nothing of their logic repeated here):
 
@@ -16,8 +17,8 @@ Steps, each a call of the project's own `main` (pretrain.py, finetune.py; nothin
 
 Evaluation on the dev split happens once, at the end (a few-shot learner has no large dev set to select on), so
 the checkpoint scored is the last one. Outputs in --out (out/ is not versioned): runs/, data/, results.json
-(every run's test accuracy, the mean per N and method, the command); --results copies results.json to
-bench/results/.
+(every run's test accuracy, the mean per N and method, the command); --results FILE copies results.json there
+(e.g. bench/results/).
 """
 
 from __future__ import annotations
@@ -29,34 +30,43 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import finetune  # noqa: E402
-import pretrain  # noqa: E402
-from charformer.tasks.readers import read_labeled  # noqa: E402
+import finetune
+import pretrain
+from charformer.errors import run_cli
+from charformer.tasks.readers import read_labeled
 
 VERBALIZERS = "0\t差\n1\t好\n"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="/work/shared/data/sentiment/chnsenticorp", help="folder of train/dev/test.tsv")
-    p.add_argument("--out", default="out/toolbox")
-    p.add_argument("--results", default="bench/results/toolbox_fewshot.json", help="copy of results.json ('' : none)")
-    p.add_argument("--init", default=None, help="a masked LM to continue pretraining on the reviews (default: random)")
-    p.add_argument("--pretrain-steps", type=int, default=600)
-    p.add_argument("--n-layers", type=int, default=2)
-    p.add_argument("--n-heads", type=int, default=4)
-    p.add_argument("--d-model", type=int, default=96)
-    p.add_argument("--block-size", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--data", default="/work/shared/data/sentiment/chnsenticorp", help="folder of the "
+                   "ChnSentiCorp train.tsv, dev.tsv and test.tsv (default: %(default)s)")
+    p.add_argument("--out", default="out/toolbox", help="output folder: runs/, data/, results.json (default: "
+                   "%(default)s)")
+    p.add_argument("--results", default="", help="also copy results.json to this file, e.g. bench/results/"
+                   "toolbox_fewshot.json (default: no copy)")
+    p.add_argument("--init", default=None, help="a masked LM to continue pretraining on the reviews (default: random "
+                   "weights)")
+    p.add_argument("--pretrain-steps", type=int, default=600, help="masked-LM pretraining steps (default: "
+                   "%(default)s)")
+    p.add_argument("--n-layers", type=int, default=2, help="layers of the model pretrained from random weights "
+                   "(default: %(default)s)")
+    p.add_argument("--n-heads", type=int, default=4, help="attention heads of that model (default: %(default)s)")
+    p.add_argument("--d-model", type=int, default=96, help="width of that model (default: %(default)s)")
+    p.add_argument("--block-size", type=int, default=128, help="characters per block of that model (default: "
+                   "%(default)s)")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per step, pretraining and fine-tuning "
+                   "(fine-tuning: at most the number of shots; default: %(default)s)")
     p.add_argument("--shots", default="64", help="comma-separated numbers of labelled reviews")
     p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (each draws its own subset)")
-    p.add_argument("--finetune-steps", type=int, default=60)
-    p.add_argument("--finetune-lr", type=float, default=5e-4)
-    p.add_argument("--pattern", default="{text}总之很[MASK]。")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--finetune-steps", type=int, default=60, help="fine-tuning steps of every run (default: "
+                   "%(default)s)")
+    p.add_argument("--finetune-lr", type=float, default=5e-4, help="fine-tuning learning rate (default: "
+                   "%(default)s)")
+    p.add_argument("--pattern", default="{text}总之很[MASK]。", help="the cloze runs' pattern, one {text} and one "
+                   "[MASK] (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: %(default)s)")
     return p
 
 
@@ -107,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                                             "min": min(acc), "max": max(acc), "runs": len(acc)}
     zero = [r["test_accuracy_before"] for r in runs if r["method"] == "cloze"]
     summary["zero_shot_cloze"] = {"test_accuracy": zero[0]}  # the same pretrained model and pattern in every run
-    results = {"command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+    results = {"command": " ".join(["python -m bench.toolbox", *(argv if argv is not None else sys.argv[1:])]),
                "pretrained": {k: pretrained[k] for k in ("val_loss", "val_mlm_accuracy", "steps", "params",
                                                           "train_seconds")},
                "pattern": args.pattern, "verbalizers": {"0": "差", "1": "好"}, "summary": summary, "runs": runs,
@@ -121,4 +131,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

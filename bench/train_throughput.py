@@ -6,8 +6,8 @@ backward that costs twice the forward; PaLM's accounting, Chowdhery et al. 2022,
 achieved FLOP/s by the device's peak (`--peak-tflops`; on a known GPU it is looked up: H100/H200 989 dense bf16
 TFLOP/s, A100 312), and is left empty when the peak is unknown (CPUs).
 
-    python bench/train_throughput.py --quick                 # CPU: two small shapes, sdpa and naive
-    python bench/train_throughput.py --out bench/results     # GPU: sizes up to 85M params, incl. triton
+    python -m bench.train_throughput --quick                 # CPU: two small shapes, sdpa and naive
+    python -m bench.train_throughput --out bench/results     # GPU: sizes up to 85M params, incl. triton
 """
 
 from __future__ import annotations
@@ -69,14 +69,14 @@ def time_step(shape, impl: str, device, reps: int, warmup: int) -> dict:
     return {"params": model.num_params(), "seconds_per_step": t, "chars_per_s": chars / t, "tflops": flops / t / 1e12}
 
 
-def main():
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="CPU smoke run: small shapes, few repetitions")
     p.add_argument("--impls", nargs="+", default=None, help="attention implementations (default: by device)")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak, for MFU")
     p.add_argument("--reps", type=int, default=None)
     p.add_argument("--out", default=None, help="folder for train_throughput.json")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     shapes = ["tiny-0.8M", "small-11M"] if args.quick or device.type == "cpu" else list(SHAPES)
     impls = args.impls or (["sdpa", "naive", "triton"] if device.type == "cuda" else ["sdpa", "naive"])

@@ -9,6 +9,10 @@ keys, per-sequence key lengths, optional sliding window; rows with no visible ke
   math backend).
 * ``"triton"``: our FlashAttention-2 kernel (`kernels.flash_attention`). On a machine without a GPU it runs only
   under the Triton interpreter (``TRITON_INTERPRET=1`` set before import), which is slow and meant for tests.
+* ``"local"``: blocked sliding-window attention in plain PyTorch (`charformer.window_attention`), O(T * window)
+  memory, differentiable anywhere; needs a window.
+* ``"flex"``: ``torch.nn.attention.flex_attention`` with a block mask (`charformer.window_attention`); on the CPU
+  inference only (no backward there).
 * ``"auto"``: ``"triton"`` on CUDA tensors, ``"sdpa"`` elsewhere.
 """
 
@@ -21,7 +25,9 @@ import torch.nn.functional as F
 
 from kernels.reference import attention_reference, visible_keys
 
-ATTN_IMPLS = ("auto", "sdpa", "naive", "fused_softmax", "triton")
+from .window_attention import flex_window_attention, local_attention
+
+ATTN_IMPLS = ("auto", "sdpa", "naive", "fused_softmax", "triton", "local", "flex")
 
 
 def resolve_impl(impl: str, device: torch.device) -> str:
@@ -50,8 +56,15 @@ def attention(
     impl: str = "sdpa",
 ) -> torch.Tensor:
     """Multi-head attention core. q ``(B, H, Tq, D)``, k/v ``(B, H, Tk, D)``, Tq <= Tk; key_lengths ``(B,)``
-    int or None. Returns ``(B, H, Tq, D)`` in q's dtype. Scale is ``1/sqrt(D)``."""
+    int or None. Returns ``(B, H, Tq, D)`` in q's dtype. Scale is ``1/sqrt(D)``. Raises ValueError for
+    ``impl="local"`` without a window, and for ``impl="flex"`` when a CPU backward pass would be needed."""
     impl = resolve_impl(impl, q.device)
+    if impl == "local":
+        if window is None:
+            raise ValueError("attn_impl='local' is sliding-window attention: set a window")
+        return local_attention(q, k, v, causal=causal, window=window, key_lengths=key_lengths)
+    if impl == "flex":
+        return flex_window_attention(q, k, v, causal=causal, window=window, key_lengths=key_lengths)
     if impl == "naive":
         return attention_reference(q, k, v, causal=causal, key_lengths=key_lengths, window=window)[0]
     if impl == "triton":

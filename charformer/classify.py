@@ -7,8 +7,9 @@ One text per line in; each line out as ``LABEL<TAB>TEXT`` (with ``--probs``: ``L
 the text and its line ending (LF, CRLF or CR) unchanged, so the output is the TSV format the classifier trains
 on. A TAB inside a text is kept too, so split a row at its first one (two with ``--probs``) only. Empty lines
 pass through empty; a leading byte-order mark is dropped (`charformer.data`). Texts longer than the model's
-block are read whole, in chunks. ``--ckpt`` given more than once: an ensemble, the mean of the checkpoints'
-label probabilities (`charformer.finetuning.ensemble`).
+block are read whole, in chunks. The input is streamed (`charformer.tasks.streaming`): output is written a
+window of lines at a time, in input order. ``--ckpt`` given more than once: an ensemble, the mean of the
+checkpoints' label probabilities (`charformer.finetuning.ensemble`).
 """
 
 from __future__ import annotations
@@ -17,26 +18,27 @@ import torch
 
 from .errors import run_cli
 from .finetuning.ensemble import ensemble_label_probs
-from .tasks.inference import base_parser, load_for, read_lines, show_progress, write
+from .tasks.streaming import read_windows
+from .tasks.tool import base_parser, load_for, parse_tool_args, show_progress, write
 
 
 def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__)
     p.add_argument("--probs", action="store_true", help="add the probability of the predicted label")
-    args = p.parse_args(argv)
+    args, own = parse_tool_args(p, argv)
     members = load_for(args, "classify")
     labels = members[0][2]["labels"]
-    lines = read_lines(args.file)
-    filled = [i for i, (text, _) in enumerate(lines) if text]
-    with torch.inference_mode():
-        probs = ensemble_label_probs(members, [lines[i][0] for i in filled], batch_size=args.batch_size,
-                                     progress=show_progress(lines))
-    out = [ending for _, ending in lines]  # empty lines stay empty
-    for i, row in zip(filled, probs):
-        text, ending = lines[i]
-        label = labels[int(row.argmax())]
-        out[i] = f"{label}\t{float(row.max()):.4f}\t{text}{ending}" if args.probs else f"{label}\t{text}{ending}"
-    write("".join(out))
+    for lines in read_windows(args.file, args.window_chars):
+        filled = [i for i, (text, _) in enumerate(lines) if text]
+        with torch.inference_mode():
+            probs = ensemble_label_probs(members, [lines[i][0] for i in filled], batch_size=args.batch_size,
+                                         progress=show_progress(lines))
+        out = [ending for _, ending in lines]  # empty lines stay empty
+        for i, row in zip(filled, probs):
+            text, ending = lines[i]
+            label = labels[int(row.argmax())]
+            out[i] = f"{label}\t{float(row.max()):.4f}\t{text}{ending}" if own["probs"] else f"{label}\t{text}{ending}"
+        write("".join(out))
     return 0
 
 

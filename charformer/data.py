@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ from .vocab import PAD_ID, SEP_ID, CharVocab
 
 IGNORE_INDEX = -100  # target value that cross-entropy skips (padding, unmasked positions in MLM)
 LINE_BREAK = re.compile(r"(\r\n|\r|\n)")  # CRLF first, so that it is one line ending, not two
-_LINE_BREAK_BYTES = re.compile(rb"\r\n|\r|\n")
+LINE_BREAK_BYTES = re.compile(rb"\r\n|\r|\n")
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
@@ -48,17 +48,24 @@ def read_text(path: str | Path) -> str:
     file does not exist.
     """
     path = Path(path)
+    with open_binary(path) as f:
+        return decode_utf8(f.read(), str(path))
+
+
+def open_binary(path: str | Path) -> BinaryIO:
+    """`path` opened for reading bytes. Raises CharformerError if it does not exist or is a folder."""
     try:
-        data = path.read_bytes()
+        return open(path, "rb")
     except FileNotFoundError:
         raise CharformerError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise CharformerError(f"{path}: is a directory, expected a text file") from None
-    return decode_utf8(data, str(path))
 
 
-def decode_utf8(data: bytes, name: str) -> str:
-    """Decode UTF-8 bytes (a leading BOM is dropped); `name` (a path, or "<stdin>") prefixes the error.
+def decode_utf8(data: bytes, name: str, *, line: int = 1, offset: int = 0) -> str:
+    """Decode UTF-8 bytes (a leading BOM is dropped); `name` (a path, or "<stdin>") prefixes the error. For a
+    piece of a longer input, `line` and `offset` say where it starts (line number, byte offset); a BOM is then
+    dropped only at offset 0.
 
     Raises CharformerError ``NAME:LINE: not valid UTF-8 at byte offset N (byte 0xXX: reason)``, lines counted
     as `split_lines` counts them.
@@ -66,13 +73,12 @@ def decode_utf8(data: bytes, name: str) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = len(_LINE_BREAK_BYTES.findall(data, 0, e.start)) + 1
+        line += len(LINE_BREAK_BYTES.findall(data, 0, e.start))
         hint = (": the data starts with a UTF-16 byte-order mark; convert it to UTF-8 (iconv -f UTF-16 -t UTF-8)"
-                if data.startswith(_UTF16_BOMS) else "")
-        raise CharformerError(
-            f"{name}:{line}: not valid UTF-8 at byte offset {e.start} (byte 0x{data[e.start]:02x}: {e.reason}){hint}"
-        ) from None
-    return text[1:] if text.startswith("\ufeff") else text
+                if offset == 0 and data.startswith(_UTF16_BOMS) else "")
+        raise CharformerError(f"{name}:{line}: not valid UTF-8 at byte offset {offset + e.start} "
+                              f"(byte 0x{data[e.start]:02x}: {e.reason}){hint}") from None
+    return text[1:] if offset == 0 and text.startswith("\ufeff") else text
 
 
 def split_lines(text: str) -> list[tuple[str, str]]:

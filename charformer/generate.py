@@ -1,20 +1,24 @@
 """Autoregressive sampling from a causal `CharTransformer`, with a KV cache.
 
-Each step feeds only the newest character and reuses the keys/values of earlier ones (`KVCache`), so a step
-costs O(T) instead of re-running the whole context. The cache covers `block_size` positions; once the context
+Each step feeds only the newest character and reuses the keys/values of earlier ones (`KVCache`; for an
+hourglass model an `HourglassCache`, whose shortened layers hold one entry per group of K characters; both from
+`CharTransformer.new_cache`), so a step costs O(T) instead of re-running the whole context. The cache covers `block_size` positions; once the context
 is longer, the model sees a sliding window of the last `block_size` characters, which cached decoding must
 recompute (the hidden states of every kept character change when the oldest one leaves). Cached and uncached
 decoding therefore compute the same logits at every step (`tests/test_generate.py`).
 
 Sampling follows the usual recipe: divide logits by the temperature, keep the top-k, then the smallest set
 whose probability reaches top-p (nucleus sampling, Holtzman et al. 2020), and draw from a seeded generator.
+`generate_steps` yields the new characters one step at a time (for streaming); `generate` collects them.
 """
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 
-from .model import CharTransformer, KVCache
+from .model import CharTransformer
 
 
 def filter_logits(logits: torch.Tensor, *, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -33,6 +37,58 @@ def filter_logits(logits: torch.Tensor, *, top_k: int | None = None, top_p: floa
 
 
 @torch.no_grad()
+def generate_steps(
+    model: CharTransformer,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    eos_id: int | None = None,
+    use_cache: bool = True,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The steps of `generate`, one at a time: yields ``(next_id, logits)`` per new token, next_id ``(B, 1)``
+    int64 and the next-token logits ``(B, V)`` float32 (before temperature and filtering). A caller that
+    streams text (`charformer.serve`) reads one step, sends it, and may stop early by closing the iterator.
+    Arguments and errors as for `generate`."""
+    if not model.cfg.causal:
+        raise ValueError("generation needs a causal model (causal=True)")
+    model.eval()
+    block = model.cfg.block_size
+    gen = torch.Generator(device=idx.device)
+    if seed is not None:
+        gen.manual_seed(seed)
+    else:
+        gen.seed()
+    cache = None
+    finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+    for _ in range(max_new_tokens):
+        if not use_cache:
+            logits = model(idx[:, -block:])[:, -1]
+        else:
+            if cache is None or cache.length >= block:
+                # First step, or the cache is full: (re)fill it with the last block_size characters.
+                cache = model.new_cache(idx.shape[0], block)
+                logits = model(idx[:, -block:], cache=cache)[:, -1]
+            else:
+                logits = model(idx[:, -1:], cache=cache)[:, -1]
+        logits = logits.float()
+        if temperature == 0:
+            next_id = logits.argmax(-1, keepdim=True)
+        else:
+            probs = filter_logits(logits / temperature, top_k=top_k, top_p=top_p).softmax(-1)
+            next_id = torch.multinomial(probs, 1, generator=gen)
+        if eos_id is not None:
+            next_id = next_id.masked_fill(finished[:, None], eos_id)
+            finished |= next_id[:, 0] == eos_id
+        idx = torch.cat([idx, next_id], dim=1)
+        yield next_id, logits
+        if eos_id is not None and finished.all():
+            break
+
+
 def generate(
     model: CharTransformer,
     idx: torch.Tensor,
@@ -53,38 +109,8 @@ def generate(
     each step (before temperature and filtering), which is how the tests compare cached and uncached decoding.
     Raises ValueError for a bidirectional model.
     """
-    if not model.cfg.causal:
-        raise ValueError("generation needs a causal model (causal=True)")
-    model.eval()
-    block = model.cfg.block_size
-    gen = torch.Generator(device=idx.device)
-    if seed is not None:
-        gen.manual_seed(seed)
-    else:
-        gen.seed()
-    cache, all_logits = None, []
-    finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
-    for _ in range(max_new_tokens):
-        if not use_cache:
-            logits = model(idx[:, -block:])[:, -1]
-        else:
-            if cache is None or cache.length >= block:
-                # First step, or the cache is full: (re)fill it with the last block_size characters.
-                cache = KVCache(model.cfg, idx.shape[0], block, idx.device, model.tok_emb.weight.dtype)
-                logits = model(idx[:, -block:], cache=cache)[:, -1]
-            else:
-                logits = model(idx[:, -1:], cache=cache)[:, -1]
-        logits = logits.float()
-        all_logits.append(logits)
-        if temperature == 0:
-            next_id = logits.argmax(-1, keepdim=True)
-        else:
-            probs = filter_logits(logits / temperature, top_k=top_k, top_p=top_p).softmax(-1)
-            next_id = torch.multinomial(probs, 1, generator=gen)
-        if eos_id is not None:
-            next_id = next_id.masked_fill(finished[:, None], eos_id)
-            finished |= next_id[:, 0] == eos_id
-        idx = torch.cat([idx, next_id], dim=1)
-        if eos_id is not None and finished.all():
-            break
+    steps = list(generate_steps(model, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                seed=seed, eos_id=eos_id, use_cache=use_cache))
+    idx = torch.cat([idx, *(next_id for next_id, _ in steps)], dim=1)
+    all_logits = [logits for _, logits in steps]
     return (idx, all_logits) if return_logits else idx

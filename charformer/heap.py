@@ -9,13 +9,11 @@ with what ran earlier in the process. A segmenter's activations at a batch of 64
 MLP's hidden layer: 64 x 128 x 768 fp32 = 25 MiB), allocated and freed in every layer.
 
 `retain_freed_memory` raises the mmap threshold to 64 MiB and the *trim threshold* (free memory at the top of
-the heap that glibc gives back) to 1 GiB, so such blocks are reused from the heap. Measured on the CTB6
-segmenter (500 test sentences at batch 64, one thread, this 2-core Xeon): 26,000 (fp32) and 53,000 (int8) page
-faults per pass with glibc's defaults, none with these settings once the heap has grown to its working size;
-`bench/inference.py` with and without ``--default-heap``, run one after the other: int8 35,766 vs 30,774
-characters/s end to end at batch 64 (fp32 19,600 vs 18,811), forward passes alone 1.88x vs 1.48x faster than
-fp32. The int8 model gains most: it allocates more (its quantized copies of the inputs) and its matmuls are
-faster, so the faults were a larger share of its time. The cost is that memory freed by one batch stays with
+the heap that glibc gives back) to 1 GiB, so such blocks are reused from the heap: with glibc's defaults a
+segmenter's forward pass takes thousands of page faults, with these settings none once the heap has grown to
+its working size (`bench/inference.py` with and without ``--default-heap`` measures what that is worth; figures
+in bench/results/ and the README). The int8 model gains most: it allocates more (its quantized copies of the
+inputs) and its matmuls are faster, so the faults were a larger share of its time. The cost is that memory freed by one batch stays with
 the process for the next. These are the settings the ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``
 environment variables (or ``GLIBC_TUNABLES``) would give, set from Python so that every tool gets them without
 a wrapper script.

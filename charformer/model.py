@@ -5,7 +5,9 @@ LLaMA-style models: rotary position embeddings (RoPE, Su et al. 2021) instead of
 (Zhang & Sennrich 2019) as the default normalisation, and no biases. ``causal=True`` gives a language model
 for generation; ``causal=False`` gives a bidirectional encoder (BERT-style, Devlin et al. 2019) for masked-LM
 pretraining, tagging and classification. The vocabulary is characters (`charformer.vocab`), so the embedding
-table is small and the sequences are long: attention cost is what the kernels in `kernels/` are for.
+table is small and the sequences are long: attention cost is what the kernels in `kernels/` are for, and what
+two options cut: a sliding `window` (computed blockwise by ``attn_impl="local"``, `charformer.window_attention`)
+and an hourglass (``shorten`` > 1: the middle layers run over groups of K characters, `charformer.hourglass`).
 
 Shapes: B batch, T sequence length (characters), C = d_model, H = n_heads, D = C / H head dim, V vocab size.
 """
@@ -13,13 +15,14 @@ Shapes: B batch, T sequence length (characters), C = d_model, H = n_heads, D = C
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import ATTN_IMPLS, attention
+from .hourglass import SHORTEN_POOLS, SHORTEN_UPSAMPLES, Hourglass, ShortenState
 
 
 @dataclass
@@ -38,6 +41,13 @@ class ModelConfig:
     norm: str = "rmsnorm"  # "rmsnorm" or "layernorm"
     rope_base: float = 10000.0
     window: int | None = None  # sliding-window attention span (characters), None for full attention
+    # Hourglass (charformer.hourglass): the middle layers run over ceil(T / shorten) positions. shorten_layers is
+    # [pre, mid, post], summing to n_layers; empty means no split (the plain model; needs shorten = 1).
+    shorten: int = 1
+    shorten_layers: list[int] = field(default_factory=list)
+    shorten_pool: str = "mean"  # "mean", "linear" or "gbst" (bidirectional only)
+    shorten_upsample: str = "repeat"  # "repeat" or "linear"
+    gbst_blocks: int = 4  # gbst: candidate block sizes 1..gbst_blocks
 
     def __post_init__(self):
         if self.d_ff is None:
@@ -50,6 +60,25 @@ class ModelConfig:
             raise ValueError(f"norm must be 'rmsnorm' or 'layernorm', got {self.norm!r}")
         if self.attn_impl not in ATTN_IMPLS:
             raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
+        self._check_shorten()
+
+    def _check_shorten(self):
+        if self.shorten < 1:
+            raise ValueError(f"shorten must be >= 1, got {self.shorten}")
+        if self.shorten > 1 and not self.shorten_layers:
+            raise ValueError(f"shorten={self.shorten} needs shorten_layers [pre, mid, post] (summing to n_layers)")
+        if self.shorten_layers and (len(self.shorten_layers) != 3 or sum(self.shorten_layers) != self.n_layers
+                                    or self.shorten_layers[1] < 1 or min(self.shorten_layers) < 0):
+            raise ValueError(f"shorten_layers must be [pre, mid, post] with mid >= 1 summing to n_layers={self.n_layers}, "
+                             f"got {self.shorten_layers}")
+        if self.shorten_pool not in SHORTEN_POOLS:
+            raise ValueError(f"shorten_pool must be one of {SHORTEN_POOLS}, got {self.shorten_pool!r}")
+        if self.shorten_upsample not in SHORTEN_UPSAMPLES:
+            raise ValueError(f"shorten_upsample must be one of {SHORTEN_UPSAMPLES}, got {self.shorten_upsample!r}")
+        if self.shorten_pool == "gbst" and self.causal:
+            raise ValueError("shorten_pool='gbst' looks ahead: it is for bidirectional models (causal=False)")
+        if self.gbst_blocks < 1:
+            raise ValueError(f"gbst_blocks must be >= 1, got {self.gbst_blocks}")
 
     @property
     def head_dim(self) -> int:
@@ -66,6 +95,11 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
         return cls(**d)
+
+    @property
+    def mid_window(self) -> int | None:
+        """The attention window of the shortened layers, in groups: ceil(window / shorten)."""
+        return None if self.window is None else -(-self.window // self.shorten)
 
 
 class RMSNorm(nn.Module):
@@ -111,13 +145,14 @@ class KVCache:
     """Keys and values of the tokens decoded so far, per layer, preallocated to ``max_len`` positions.
 
     k/v per layer: ``(B, H, max_len, D)``; `length` is how many positions are filled (the same for every
-    sequence in the batch).
+    sequence in the batch). `n_layers` defaults to cfg.n_layers.
     """
 
-    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device, dtype):
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device, dtype, n_layers: int | None = None):
         shape = (batch_size, cfg.n_heads, max_len, cfg.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        n_layers = cfg.n_layers if n_layers is None else n_layers
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
         self.max_len = max_len
         self.length = 0
 
@@ -131,13 +166,35 @@ class KVCache:
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
+class HourglassCache:
+    """The decoding state of an hourglass model: `full`, a `KVCache` of the pre and post layers (max_len
+    positions); `short`, one of the middle layers (ceil(max_len / K) groups); `state`, the `ShortenState`.
+    `length` is the number of characters decoded, as for `KVCache`."""
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device, dtype):
+        pre, mid, post = cfg.shorten_layers
+        self.full = KVCache(cfg, batch_size, max_len, device, dtype, n_layers=pre + post)
+        self.short = KVCache(cfg, batch_size, -(-max_len // cfg.shorten), device, dtype, n_layers=mid)
+        self.state = ShortenState(batch_size, cfg.shorten, cfg.d_model, device, dtype)
+        self.max_len = max_len
+
+    @property
+    def length(self) -> int:
+        return self.full.length
+
+    @length.setter
+    def length(self, value: int) -> None:
+        self.full.length = value
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with RoPE. Separate q/k/v/o projections so each can be adapted (LoRA); for
     inference `fuse_qkv` stacks the first three into one ``(C, 3C)`` layer, `qkv_proj`."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, window: int | None = None):
         super().__init__()
         self.cfg = cfg
+        self.window = window  # characters (or, in an hourglass's middle layers, groups)
         self.q_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.k_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.v_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
@@ -161,7 +218,7 @@ class SelfAttention(nn.Module):
         if self.kv_prefix is not None:
             # After the cache, so the cache holds only real positions; queries stay aligned to the end of the keys.
             k, v, lengths = self.kv_prefix(k, v, lengths)  # (B, H, P + Tk, D), lengths + P
-        y = attention(q, k, v, causal=self.cfg.causal, key_lengths=lengths, window=self.cfg.window, impl=self.cfg.attn_impl)
+        y = attention(q, k, v, causal=self.cfg.causal, key_lengths=lengths, window=self.window, impl=self.cfg.attn_impl)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.o_proj(y))
 
@@ -198,9 +255,9 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-norm residual block: ``x + attn(norm(x))`` then ``x + mlp(norm(x))`` (Xiong et al. 2020)."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, window: int | None = None):
         super().__init__()
-        self.norm1, self.attn = make_norm(cfg), SelfAttention(cfg)
+        self.norm1, self.attn = make_norm(cfg), SelfAttention(cfg, window)
         self.norm2, self.mlp = make_norm(cfg), MLP(cfg)
 
     def forward(self, x, rotations, *, lengths=None, cache=None, layer=0):
@@ -221,7 +278,11 @@ class CharTransformer(nn.Module):
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        pre, mid, _ = cfg.shorten_layers or (cfg.n_layers, 0, 0)
+        self.blocks = nn.ModuleList(
+            Block(cfg, cfg.mid_window if pre <= i < pre + mid else cfg.window) for i in range(cfg.n_layers)
+        )
+        self.hourglass = Hourglass(cfg) if cfg.shorten_layers else None
         self.norm_f = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight  # weight tying (Press & Wolf 2017)
@@ -233,6 +294,8 @@ class CharTransformer(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith(("o_proj.weight", "fc_out.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
+        if self.hourglass is not None:
+            self.hourglass.reset_parameters()
 
     def _rope_pairs(self) -> torch.Tensor:
         return torch.view_as_real(rope_tables(self.cfg.head_dim, self.cfg.block_size, self.cfg.rope_base))
@@ -248,19 +311,48 @@ class CharTransformer(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def hidden_states(self, idx, *, lengths=None, cache: KVCache | None = None) -> torch.Tensor:
-        """Final-normed features ``(B, T, C)``. With a `cache`, idx holds only the new positions."""
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache | HourglassCache:
+        """An empty decoding cache for `batch_size` sequences of up to `max_len` characters."""
+        kind = KVCache if self.hourglass is None else HourglassCache
+        return kind(self.cfg, batch_size, max_len, self.tok_emb.weight.device, self.tok_emb.weight.dtype)
+
+    def hidden_states(self, idx, *, lengths=None, cache: KVCache | HourglassCache | None = None) -> torch.Tensor:
+        """Final-normed features ``(B, T, C)``. With a `cache` (from `new_cache`), idx holds only the new
+        positions."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.cfg.block_size:
             raise ValueError(f"sequence of {start + T} characters exceeds block_size={self.cfg.block_size}")
-        rotations = self._rotations(start, T)  # (T, D/2) complex
         x = self.drop(self.tok_emb(idx))  # (B, T, C)
-        for i, block in enumerate(self.blocks):
-            x = block(x, rotations, lengths=lengths, cache=cache, layer=i)
+        if self.hourglass is None:
+            x = self._run_blocks(self.blocks, x, start, lengths, cache)
+        else:
+            x = self._hourglass(x, start, lengths, cache)
         if cache is not None:
             cache.length += T
         return self.norm_f(x)
+
+    def _run_blocks(self, blocks, x, start: int, lengths, cache: KVCache | None, first_layer: int = 0):
+        """Run x ``(B, T, C)`` at positions start.. through `blocks`, which use cache layers first_layer.."""
+        rotations = self._rotations(start, x.shape[1])  # (T, D/2) complex
+        for i, block in enumerate(blocks):
+            x = block(x, rotations, lengths=lengths, cache=cache, layer=first_layer + i)
+        return x
+
+    def _hourglass(self, x, start: int, lengths, cache: HourglassCache | None):
+        """Pre layers at full resolution, middle layers over groups of K, post layers (`charformer.hourglass`)."""
+        pre, mid, _ = self.cfg.shorten_layers
+        full, short, state = (cache.full, cache.short, cache.state) if cache is not None else (None, None, None)
+        x = self._run_blocks(self.blocks[:pre], x, start, lengths, full)
+        z, z_lengths = self.hourglass.shorten(x, lengths, state)  # (B, n, C)
+        delta = z.new_zeros(z.shape)
+        if z.shape[1]:  # a decoding step inside a group completes none
+            g0 = short.length if short is not None else 0
+            delta = self._run_blocks(self.blocks[pre : pre + mid], z, g0, z_lengths, short) - z
+            if short is not None:
+                short.length += z.shape[1]
+        x = x + self.hourglass.lengthen(delta, start, x.shape[1], state)
+        return self._run_blocks(self.blocks[pre + mid :], x, start, lengths, full, first_layer=pre)
 
     def forward(self, idx, *, lengths=None, cache: KVCache | None = None,
                 select: torch.Tensor | None = None) -> torch.Tensor:
@@ -283,8 +375,18 @@ class CharTransformer(nn.Module):
         2 FLOPs per multiply-add: ``2 * N_matmul`` for the weight matmuls (all parameters except the norms;
         the embedding lookup is free but the tied LM head is a real V x C matmul, so it counts once) plus
         ``4 * n_layers * T * d_model`` for q·k and p·v over T keys (full T, as PaLM counts it, Chowdhery et al.
-        2022, appendix B). A training step costs about 3x this (backward = 2x forward).
+        2022, appendix B). A training step costs about 3x this (backward = 2x forward). In an hourglass the
+        middle layers, and the shortening maps, run once per K characters, so their share is divided by K.
         """
         t = seq_len or self.cfg.block_size
-        n_matmul = sum(p.numel() for n, p in self.named_parameters() if p.dim() == 2)
-        return 2 * n_matmul + 4 * self.cfg.n_layers * t * self.cfg.d_model
+        k = self.cfg.shorten
+        pre, mid, _ = self.cfg.shorten_layers or (self.cfg.n_layers, 0, 0)
+        flops = 0.0
+        for i, block in enumerate(self.blocks):
+            share = 1 / k if pre <= i < pre + mid else 1.0
+            n_matmul = sum(p.numel() for p in block.parameters() if p.dim() == 2)
+            flops += share * (2 * n_matmul + 4 * (t * share) * self.cfg.d_model)
+        for name, p in self.named_parameters():
+            if p.dim() == 2 and not name.startswith("blocks."):
+                flops += 2 * p.numel() / (k if name.startswith("hourglass.") else 1)
+        return flops

@@ -142,6 +142,14 @@ def mask_for_mlm(ids: torch.Tensor, generator: torch.Generator, *, vocab_size: i
     return inputs, targets
 
 
+def check_masking(packing: str, mask_prob: float) -> None:
+    """Raise ValueError unless `packing` is ``"windows"`` or ``"lines"`` and 0 < `mask_prob` < 1 (`MaskedLM`)."""
+    if packing not in ("windows", "lines"):
+        raise ValueError(f"packing must be 'windows' or 'lines', got {packing!r}")
+    if not 0 < mask_prob < 1:
+        raise ValueError(f"mask_prob must be in (0, 1), got {mask_prob}")
+
+
 class MaskedLM:
     """Masked-character modelling for a bidirectional model (``causal=False``).
 
@@ -159,10 +167,7 @@ class MaskedLM:
 
     def __init__(self, train, val, vocab: CharVocab, *, block_size: int, batch_size: int, packing: str = "windows",
                  mask_prob: float = 0.15, eval_batches: int = 20, eval_seed: int = 0):
-        if packing not in ("windows", "lines"):
-            raise ValueError(f"packing must be 'windows' or 'lines', got {packing!r}")
-        if not 0 < mask_prob < 1:
-            raise ValueError(f"mask_prob must be in (0, 1), got {mask_prob}")
+        check_masking(packing, mask_prob)
         self.train, self.vocab, self.packing, self.mask_prob = train, vocab, packing, mask_prob
         self.block_size, self.batch_size, self.eval_batches = block_size, batch_size, eval_batches
         blocks = consecutive_blocks(val, block_size) if packing == "windows" else packed_blocks(val, block_size)

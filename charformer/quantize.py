@@ -16,21 +16,19 @@ tied embedding: an int8 copy is packed for the output, the fp32 table stays for 
 Viterbi and softmax directly. Layers wrapped by a parameter-efficient method
 (`charformer.peft.inject.AdaptedLinear`) are not `nn.Linear` and stay fp32.
 
-How much it buys. A forward pass at d_model 192 spends only about 55-65% of its fp32 time in the linear layers
-on this 2-core Xeon (profiled at batch 64 x 45 characters, one thread; attention ~12%, GELU ~12%, the rest
-elementwise), so even infinitely fast int8 layers would give under 3x. The weights are packed for oneDNN
-(`int8_engine`), which uses the CPU's AMX / VNNI int8 units: in an interleaved A/B on the CTB6 segmenter's
-forward pass it ran 1.45x faster than fp32, PyTorch's default x86 engine (fbgemm) 1.22-1.29x. A oneDNN call
-has a fixed cost of about 0.1 ms (quantizing the input, dispatch), about what a whole 192 x 192 layer costs at a
-batch of 8 sentences; hence `fuse_for_inference`, which the tools apply at every precision, so that q, k and v
-take one call. End to end (windows, Viterbi, words; `bench/inference.py`, results in the README and
-bench/results/inference_cpu.json) segmentation gains 1.77x at the tools' default batch of 64 windows, 1.42x at
-8, with the q/k/v fusion and the malloc settings of `charformer.heap` for both precisions. Memory: the weights
-shrink about 2x, but a process's peak is dominated by torch itself and the fp32 activations.
+How much it buys, and why not more: only the linear layers get faster, and a forward pass at the tools' sizes
+spends a large share of its time elsewhere (attention, GELU, elementwise operations), so even infinitely fast
+int8 layers would give a bounded gain (Amdahl's law). The weights are packed for oneDNN (`int8_engine`), which
+uses the CPU's AMX / VNNI int8 units and beat PyTorch's default x86 engine (fbgemm) in an A/B on the segmenter.
+A oneDNN call has a fixed cost (quantizing the input, dispatch) comparable to a whole d_model x d_model layer at
+small batches; hence `fuse_for_inference`, which the tools apply at every precision, so that q, k and v take
+one call. End to end (windows, Viterbi, words) `bench/inference.py` measures both precisions, with the q/k/v
+fusion and the malloc settings of `charformer.heap`; its figures are in bench/results/inference_cpu.json and
+the README. Memory: the int8 weights take a quarter of the fp32 bytes, but a process's peak is dominated by
+torch itself and the fp32 activations.
 
 Why PyTorch's implementation rather than our own: a plain int8 linear written here (per-token activation
-scales, `torch._int_mm`) was slower than fp32 for the MLP shapes (4096 x 192 @ 192 x 768: about 2x slower),
-because quantizing and rescaling activations in eager mode are separate passes over memory, which fbgemm and
+scales, `torch._int_mm`) was slower than fp32 for the MLP shapes, because quantizing and rescaling activations in eager mode are separate passes over memory, which fbgemm and
 oneDNN fuse into the GEMM. `torch.ao.quantization` is deprecated in favour of torchao (not a dependency here)
 but still works in torch 2.13; its deprecation warnings are silenced for this one call (`quantize_int8`). If a
 later torch removes it, `quantize_int8` says so instead of failing obscurely.
@@ -45,7 +43,7 @@ import torch.nn as nn
 
 from .errors import CharformerError
 from .model import CharTransformer, SelfAttention
-from .train import pick_device
+from .device import pick_device
 
 
 def int8_module_names(model: nn.Module) -> list[str]:
@@ -94,9 +92,8 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 def fuse_for_inference(model: nn.Module) -> nn.Module:
     """Stack the q/k/v projections of every attention layer of `model` into one (`SelfAttention.fuse_qkv`), in
     place; returns it. The same products, one matmul instead of three: the prediction tools do it for every
-    precision, before `quantize_int8` for int8, where it matters most (on this CPU an int8 layer at a batch of 8
-    sentences costs about the same for 3C outputs as for C: its time is the fixed cost of quantizing the input
-    and calling oneDNN). A model fused this way is for inference: it no longer has q/k/v_proj to adapt or train."""
+    precision, before `quantize_int8` for int8, where it matters most (at small batches an int8 layer costs about
+    the same for 3C outputs as for C: its time is the fixed cost of quantizing the input and calling oneDNN). A model fused this way is for inference: it no longer has q/k/v_proj to adapt or train."""
     for module in model.modules():
         if isinstance(module, SelfAttention):
             module.fuse_qkv()
@@ -117,7 +114,7 @@ def int8_engine() -> str:
 
 
 def inference_device(name: str, int8: bool) -> torch.device:
-    """The device a prediction tool runs on: `charformer.train.pick_device` of `name`, except that int8 means
+    """The device a prediction tool runs on: `charformer.device.pick_device` of `name`, except that int8 means
     the CPU (``auto`` picks it). Raises CharformerError for int8 with ``cuda``."""
     if int8 and name == "auto":
         return torch.device("cpu")

@@ -21,7 +21,7 @@ from .errors import CharformerError, excerpt, run_cli
 from .heap import retain_freed_memory
 from .objectives import sample_text
 from .peft import load_adapted_checkpoint
-from .tasks.inference import write
+from .tasks.tool import write
 from .quantize import inference_device, prepare_for_inference
 from .vocab import EOS_ID
 

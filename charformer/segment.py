@@ -9,25 +9,32 @@ forms, Latin, digits, punctuation, U+3000 and other spaces, characters outside t
 control characters come out as they went in. A byte-order mark at the start of the input is not text and is
 not written back (`charformer.data`). Lines longer than the model's block are read in overlapping windows.
 ``--ckpt`` given more than once: an ensemble, decoding the mean of the checkpoints' per-character tag
-probabilities (`charformer.finetuning.ensemble`).
+probabilities (`charformer.finetuning.ensemble`) under the same constraints as one model.
 
 An ASCII space inside an input line cannot be told from a separator, so it is written as a word of its own:
 "a b" (a, space, b) comes out as "a", " ", "b" joined by separators, i.e. "a   b". The output is therefore
 always exactly invertible: `join_words` (``--join``) reads it back, each literal space being the one that sits
 between two separators, and ``"".join(line.split(" ")) == input`` holds for every input line without ASCII
 spaces. So ``segment | segment --join`` gives back the input byte for byte, less a leading BOM.
+
+Decoding is constrained (`charformer.tasks.constraints`): runs of digits and Latin letters ("3.14", "１９９８",
+"COVID-19", "GitHub"), URLs and e-mail addresses are never cut inside (``--no-protect`` turns this off), and
+with ``--user-dict FILE`` every dictionary word found in a line (leftmost-longest, without overlap) comes out
+as one word with no word crossing its edges (``--dict-mode force``), or gets a score bonus that the model may
+overrule (``prefer``); a dictionary word holding an ASCII space stays one word in Python, but is written by
+the rule above, its spaces as words of their own. In Python: `charformer.tasks.segmenter.Segmenter`. The input
+is streamed (`charformer.tasks.streaming`): output is written a window of lines at a time, in input order.
 """
 
 from __future__ import annotations
 
 import re
 
-import torch
-
 from .errors import CharformerError, excerpt, run_cli
-from .finetuning.ensemble import ensemble_tag_paths
-from .tasks.inference import base_parser, load_for, read_lines, show_progress, write
-from .tasks.schemes import spans_to_words, tags_to_spans
+from .tasks.constraints import DEFAULT_BONUS, MODES
+from .tasks.segmenter import Segmenter
+from .tasks.streaming import read_windows
+from .tasks.tool import base_parser, load_for, parse_tool_args, read_lines, show_progress, write
 
 
 def format_words(words: list[str]) -> str:
@@ -59,22 +66,28 @@ def join_words(line: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__)
     p.add_argument("--join", action="store_true", help="the inverse: read segmented lines, write the text back")
-    args = p.parse_args(argv)
-    if args.join:
+    p.add_argument("--user-dict", metavar="FILE", help="user dictionary: one word per line, optional TAB weight "
+                   "(charformer.tasks.lexicon)")
+    p.add_argument("--dict-mode", choices=MODES, default="force", help="force: every leftmost-longest dictionary "
+                   "match is one word; prefer: its tags get a bonus (default force)")
+    p.add_argument("--dict-bonus", type=float, default=DEFAULT_BONUS, help="prefer mode: nats per character of a "
+                   f"weight-1 dictionary word (default {DEFAULT_BONUS})")
+    p.add_argument("--no-protect", action="store_true", help="allow cuts inside numbers, Latin words, URLs and "
+                   "e-mail addresses (charformer.tasks.constraints)")
+    args, own = parse_tool_args(p, argv)
+    if own["join"]:
         for n, (text, ending) in enumerate(read_lines(args.file), 1):
             try:
                 write(join_words(text) + ending)
             except ValueError as e:
                 raise CharformerError(f"{args.file or '<stdin>'}:{n}: {e}") from None
         return 0
-    members = load_for(args, "cws")
-    task = members[0][2]
-    lines = read_lines(args.file)
-    with torch.inference_mode():
-        paths = ensemble_tag_paths(members, [text for text, _ in lines], batch_size=args.batch_size,
-                                   overlap=task["overlap"], progress=show_progress(lines))
-    spans = [tags_to_spans([task["tags"][i] for i in path]) for path in paths]
-    write("".join(format_words(spans_to_words(text, s)) + ending for (text, ending), s in zip(lines, spans)))
+    segmenter = Segmenter.ensemble(load_for(args, "cws"), user_dict=own["user_dict"], dict_mode=own["dict_mode"],
+                                   dict_bonus=own["dict_bonus"], protect=not own["no_protect"],
+                                   batch_size=args.batch_size)
+    for lines in read_windows(args.file, args.window_chars):
+        words = segmenter.segment([text for text, _ in lines], progress=show_progress(lines))
+        write("".join(format_words(w) + ending for w, (_, ending) in zip(words, lines)))
     return 0
 
 

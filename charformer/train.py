@@ -8,14 +8,19 @@ progress bar with loss, lr and chars/s, ``metrics.jsonl`` and a curve PNG, and e
 moments, every RNG and the data sampler's generator are checkpointed, so a resumed run draws the same batches
 and continues the same loss curve.
 
+`fit` reads top to bottom as the loop it runs: restore (`_restore`) when resuming; then per step
+`_train_step`; and every ``eval_interval`` steps `_evaluate`, `_save_best` when it improved, `_save_last`, and
+the early-stopping check. What changes from step to step is a `LoopState`; what a run writes is the caller's
+(a `Checkpointer`); the two extension points are the `Objective` (e.g. wrapped to add a penalty to its loss)
+and `after_step`.
+
 Output directory layout: ``last/`` (for ``--resume``), ``best/`` (best evaluation so far), ``metrics.jsonl``,
-``curves.png``.
+``curves.png``, and with ``--tensorboard`` ``tensorboard/`` (`charformer.runlog`).
 """
 
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -26,35 +31,39 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import load_trainer_state, load_weights
+from .cli import option
 from .distributed import (DistInfo, barrier, full_tensor, full_weights, gradient_sync, mean_across_ranks, shard,
                           shard_like, wrap_model)
 from .errors import CharformerError
-from .runlog import MetricsLog, plot_curves
+from .runlog import RunLog
 
 
 @dataclass
 class TrainConfig:
     """Optimisation and bookkeeping settings (model shape lives in `ModelConfig`)."""
 
-    max_steps: int = 2000  # optimizer steps
-    batch_size: int = 12  # sequences per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 1e-3  # peak learning rate
-    min_lr: float = 1e-4  # floor of the decay
-    warmup_steps: int = 100
-    decay: str = "cosine"  # "cosine", "linear" or "constant" after warmup
-    weight_decay: float = 0.1  # on 2-D weights only
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0  # max global grad norm; 0 disables
-    eval_interval: int = 250  # steps between evaluations (and checkpoints)
-    log_interval: int = 10  # steps between metrics.jsonl records
-    patience: int | None = None  # stop after this many evaluations without improvement
-    max_bad_steps: int = 20  # non-finite losses tolerated (each skipped) before stopping
-    seed: int = 1337
-    device: str = "auto"  # "auto", "cpu" or "cuda"
-    compile: bool = False  # torch.compile the model
-    fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer state (charformer.distributed)
+    max_steps: int = option(2000, "optimizer steps to train for")
+    batch_size: int = option(12, "sequences (or sentences, texts) per micro-batch on each rank")
+    grad_accum: int = option(1, "micro-batches whose gradients are summed into one optimizer step")
+    lr: float = option(1e-3, "peak learning rate, reached at the end of the warmup")
+    min_lr: float = option(1e-4, "learning rate at the end of the decay")
+    warmup_steps: int = option(100, "optimizer steps of linear warmup from lr / warmup_steps to lr")
+    decay: str = option("cosine", "learning-rate decay after the warmup: cosine, linear or constant")
+    weight_decay: float = option(0.1, "AdamW weight decay, on 2-D weights only (not on norms or biases)")
+    beta1: float = option(0.9, "AdamW's decay rate of the first moment")
+    beta2: float = option(0.99, "AdamW's decay rate of the second moment")
+    grad_clip: float = option(1.0, "largest global gradient norm; larger gradients are scaled down (0: no clipping)")
+    eval_interval: int = option(250, "optimizer steps between evaluations (and checkpoints)")
+    log_interval: int = option(10, "optimizer steps between metrics.jsonl records")
+    patience: int | None = option(None, "stop after this many evaluations without improvement (None: never)")
+    max_bad_steps: int = option(20, "steps with a non-finite loss tolerated (each skipped) before the run stops")
+    seed: int = option(1337, "seed of every random draw: initial weights, batches, dropout")
+    device: str = option("auto", "auto (cuda if available, else cpu), cpu or cuda")
+    compile: bool = option(False, "torch.compile the model (slower start, faster steps on a GPU)")
+    fsdp: bool = option(False, "under torchrun: shard parameters, gradients and optimizer state across ranks "
+                        "(charformer.distributed) instead of replicating them (DDP)")
+    tensorboard: bool = option(False, "also write TensorBoard event files to OUT/tensorboard (needs the "
+                               "tensorboard package: pip install charformer[tensorboard])")
 
 
 class Objective(Protocol):
@@ -74,35 +83,6 @@ class Objective(Protocol):
 
     def report(self, model: torch.nn.Module) -> str | None:
         """Optional text shown after each evaluation (e.g. a generated sample)."""
-
-
-RUN_FILES = ("last", "best", "last.old", "best.old", "metrics.jsonl", "curves.png", "results.json")
-
-
-def clear_run(out_dir: str | Path) -> None:
-    """Delete the artifacts of an earlier run in `out_dir` (only the files `fit` and the scripts write)."""
-    for name in RUN_FILES:
-        path = Path(out_dir) / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-
-
-# (directory, trainer_state, trainer_tensors, weights): `weights` is the model's whole state dict when the model
-# is sharded (FSDP), to be written instead of the model's own tensors; else None.
-SaveFn = Callable[[Path, dict | None, dict | None, dict | None], None]
-
-
-def pick_device(name: str) -> torch.device:
-    """``"auto"`` -> cuda if available else cpu. Raises CharformerError for cuda on a machine without it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CharformerError("--device cuda requested but no CUDA device is available")
-    if name not in ("cpu", "cuda"):
-        raise CharformerError(f"device must be auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -156,167 +136,237 @@ def _restore_optimizer(opt: torch.optim.Optimizer, state: dict, tensors: dict[st
     opt.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
 
 
-def fit(
-    model: torch.nn.Module,
-    objective: Objective,
-    cfg: TrainConfig,
-    out_dir: str | Path,
-    save: SaveFn,
-    *,
-    resume: bool = False,
-    lr_scale: dict[str, float] | None = None,
-    desc: str = "train",
-    dist_info: DistInfo = DistInfo(),
-    after_step: Callable[[int], None] | None = None,
-) -> dict:
+@dataclass
+class LoopState:
+    """What the loop carries from step to step; saved as ``trainer_state["loop"]`` in every ``last/``."""
+
+    step: int = 0  # optimizer steps taken (or skipped as non-finite)
+    chars_seen: int = 0  # training characters read, over all ranks
+    train_seconds: float = 0.0  # time in training steps
+    wall_seconds: float = 0.0  # time in steps and evaluations
+    best: float | None = None  # best value of the objective's metric so far
+    bad_steps: int = 0  # steps skipped for a non-finite loss or gradient
+    evals_since_best: int = 0
+
+
+class Checkpointer(Protocol):
+    """How a run writes its checkpoints; `fit` decides when. `weights` is the model's whole state dict when the
+    model is sharded (FSDP), to be written instead of the model's own tensors; else None."""
+
+    def save_last(self, path: Path, trainer_state: dict, trainer_tensors: dict, weights: dict | None) -> None:
+        """A checkpoint to resume from: the model, and what `trainer_state` and `trainer_tensors` hold."""
+
+    def save_best(self, path: Path, weights: dict | None) -> None:
+        """The model as it is now, the best so far."""
+
+
+class NoCheckpoints:
+    """A `Checkpointer` that writes nothing (for timing the loop alone, `bench/step_time.py`)."""
+
+    def save_last(self, path, trainer_state, trainer_tensors, weights) -> None:
+        pass
+
+    def save_best(self, path, weights) -> None:
+        pass
+
+
+@dataclass
+class _Run:
+    """The fixed parts of one `fit` call, shared by its phases."""
+
+    model: torch.nn.Module  # the model itself (evaluation, checkpoints)
+    wrapped: torch.nn.Module  # what trains: `model`, or its DDP wrapper
+    run_model: torch.nn.Module  # `wrapped`, compiled if asked
+    objective: Objective
+    cfg: TrainConfig
+    opt: torch.optim.Optimizer
+    data_gen: torch.Generator
+    checkpoints: Checkpointer
+    out_dir: Path
+    dist_info: DistInfo
+    after_step: Callable[[int], None] | None
+    log: RunLog | None  # rank 0's; None on other ranks
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
+
+
+def _restore(run: _Run, path: Path) -> LoopState:
+    """Continue from the checkpoint at `path`: optimizer moments, every RNG, the loop's counters (the weights
+    were loaded before the model was wrapped)."""
+    saved, tensors = load_trainer_state(path)
+    _restore_optimizer(run.opt, saved["optimizer"], tensors)
+    torch.set_rng_state(tensors["rng.torch"])
+    run.data_gen.set_state(tensors["rng.data"])
+    if run.device.type == "cuda" and "rng.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    return LoopState(**saved["loop"])
+
+
+def _train_step(run: _Run, state: LoopState) -> tuple[dict, int]:
+    """One optimizer step over `grad_accum` micro-batches (skipped if the loss or gradients are not finite).
+    Returns its metrics.jsonl record (step, train_loss in nats, lr) and the characters it read, all ranks'."""
+    cfg, info = run.cfg, run.dist_info
+    lr = lr_at(state.step, cfg)
+    for group in run.opt.param_groups:
+        group["lr"] = lr * group["lr_scale"]
+    total_loss, chars = 0.0, 0
+    for micro in range(cfg.grad_accum):
+        batch = [t.to(run.device, non_blocking=True) for t in shard(list(run.objective.batch(run.data_gen)), info)]
+        # Across ranks, reduce gradients only once per optimizer step, after the last micro-batch.
+        with gradient_sync(run.wrapped, sync=micro == cfg.grad_accum - 1):
+            with run.autocast():
+                loss, n_chars = run.objective.loss(run.run_model, batch)
+            (loss / cfg.grad_accum).backward()
+        total_loss += loss.item() / cfg.grad_accum
+        chars += n_chars * info.world_size
+    total_loss = mean_across_ranks(total_loss, info, run.device)
+    grads_ok = math.isfinite(total_loss)
+    if grads_ok and cfg.grad_clip > 0:
+        grads_ok = math.isfinite(torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip).item())
+    if grads_ok:
+        run.opt.step()
+        if run.after_step is not None:
+            run.after_step(state.step)
+    else:
+        state.bad_steps += 1
+        if state.bad_steps > cfg.max_bad_steps:
+            raise CharformerError(
+                f"{state.bad_steps} steps with non-finite loss or gradients (last at step {state.step}); "
+                f"stopping. The last good checkpoint is in {run.out_dir / 'last'}; try a lower lr"
+            )
+    run.opt.zero_grad(set_to_none=True)
+    state.step += 1
+    state.chars_seen += chars
+    return {"step": state.step, "train_loss": total_loss, "lr": lr}, chars
+
+
+def _evaluate(run: _Run, state: LoopState) -> tuple[dict, bool]:
+    """Evaluate on every rank (the same weights and data, so early stopping agrees and FSDP's gathers match);
+    rank 0 records it. Returns the metrics and whether they are the best so far."""
+    run.model.eval()
+    with torch.no_grad(), run.autocast():
+        metrics = run.objective.evaluate(run.model)
+        # The report (a sample) is rank 0's alone, except under FSDP, where generating gathers parameters.
+        text = run.objective.report(run.model) if run.dist_info.is_main or run.cfg.fsdp else None
+    run.model.train()
+    value = metrics[run.objective.metric]
+    improved = state.best is None or (value > state.best if run.objective.higher_is_better else value < state.best)
+    if improved:
+        state.best, state.evals_since_best = value, 0
+    else:
+        state.evals_since_best += 1
+    if run.log is not None:
+        run.log.write({"step": state.step, **{k if k.startswith(("val_", "dev_")) else f"val_{k}": v
+                                             for k, v in metrics.items()}})
+        run.log.plot()
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        tqdm.write(f"step {state.step}: {shown}" + (" (best)" if improved else ""))
+        if text:
+            tqdm.write(text)
+    return metrics, improved
+
+
+def _save_best(run: _Run) -> None:
+    weights = full_weights(run.model)  # gathering FSDP shards takes every rank; writing, rank 0 alone
+    if run.dist_info.is_main:
+        run.checkpoints.save_best(run.out_dir / "best", weights)
+
+
+def _save_last(run: _Run, state: LoopState) -> None:
+    opt_json, tensors = _optimizer_tensors(run.opt)  # every rank: a collective under FSDP
+    weights = full_weights(run.model)
+    if run.dist_info.is_main:
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.data"] = run.data_gen.get_state()
+        if run.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state()
+        trainer_state = {"loop": asdict(state), "optimizer": opt_json, "train_config": asdict(run.cfg),
+                         "world_size": run.dist_info.world_size}
+        run.checkpoints.save_last(run.out_dir / "last", trainer_state, tensors, weights)
+    barrier(run.dist_info)  # no rank runs ahead of a checkpoint it may need to read
+
+
+def _log_step(run: _Run, bar: tqdm, record: dict, chars_per_s: float) -> None:
+    """Advance the progress bar; every `log_interval` steps (and at the last) show and record the step."""
+    bar.update(1)
+    step = record["step"]
+    if step % run.cfg.log_interval == 0 or step == run.cfg.max_steps:
+        bar.set_postfix(loss=f"{record['train_loss']:.4f}", lr=f"{record['lr']:.2e}", chars_s=f"{chars_per_s:,.0f}")
+        if run.log is not None:
+            run.log.write({**record, "chars_per_s": chars_per_s})
+
+
+def _patience_ran_out(cfg: TrainConfig, state: LoopState) -> bool:
+    """Early stopping: `cfg.patience` evaluations in a row without improvement (says so when it stops)."""
+    if cfg.patience is not None and state.evals_since_best >= cfg.patience:
+        tqdm.write(f"early stop: no improvement in {cfg.patience} evaluations")
+        return True
+    return False
+
+
+def _summary(state: LoopState, metric: str, last_eval: dict, stopped_early: bool) -> dict:
+    return {"steps": state.step, "chars_seen": state.chars_seen, "train_seconds": round(state.train_seconds, 3),
+            "wall_seconds": round(state.wall_seconds, 2), f"best_{metric}": state.best,
+            "skipped_steps": state.bad_steps, "stopped_early": stopped_early, "last_eval": last_eval}
+
+
+def fit(model: torch.nn.Module, objective: Objective, cfg: TrainConfig, out_dir: str | Path, checkpoints: Checkpointer,
+        *, resume: bool = False, lr_scale: dict[str, float] | None = None, desc: str = "train",
+        dist_info: DistInfo = DistInfo(), after_step: Callable[[int], None] | None = None) -> dict:
     """Train `model` on `objective` for `cfg.max_steps` optimizer steps (or until early stopping).
 
     Evaluates every `eval_interval` steps and at the end (evaluation time counts in wall_seconds); writes
-    ``out_dir/last`` at each evaluation and ``out_dir/best`` when the metric improves, both through `save`. With
-    `resume`, continues from ``out_dir/last`` exactly. Under torchrun (`dist_info` from
-    `charformer.distributed.init_distributed`), the objective must draw *global* batches (per-rank batch x world
-    size): each rank trains on its slice, DDP (or FSDP, with `cfg.fsdp`) averages gradients, and only rank 0
-    writes logs and checkpoints. `after_step(step)` is called after each optimizer step that was taken (not
-    skipped), with its 0-based index, while gradients are still present (AdaLoRA's importance scores need them).
-    Returns a summary: steps, chars_seen, train_seconds (steps only), wall_seconds (evaluations included), best
-    metric, last evaluation, skipped (non-finite) steps, whether it stopped early.
+    ``out_dir/last`` at each evaluation (`Checkpointer.save_last`) and ``out_dir/best`` when the metric
+    improves (`save_best`). With `resume`, continues from ``out_dir/last`` exactly. Under torchrun (`dist_info`
+    from `charformer.distributed.init_distributed`), the objective must draw *global* batches (per-rank batch x
+    world size): each rank trains on its slice, DDP (or FSDP, with `cfg.fsdp`) averages gradients, and only
+    rank 0 writes logs and checkpoints. `after_step(step)` is called after each optimizer step that was taken
+    (not skipped), with its 0-based index, while gradients are still present (AdaLoRA's importance scores need
+    them). Returns a summary: steps, chars_seen, train_seconds (steps only), wall_seconds (evaluations
+    included), best metric, last evaluation, skipped (non-finite) steps, whether it stopped early. Raises
+    CharformerError after too many non-finite steps, or on Ctrl-C / SIGTERM (having saved ``last/``).
     """
     out_dir = Path(out_dir)
-    device = next(model.parameters()).device
     torch.manual_seed(cfg.seed)
-    data_gen = torch.Generator().manual_seed(cfg.seed)
-    state = {"step": 0, "chars_seen": 0, "train_seconds": 0.0, "wall_seconds": 0.0, "best": None, "bad_steps": 0,
-             "evals_since_best": 0}
     if resume:
         load_weights(model, out_dir / "last")  # before FSDP shards the parameters
     wrapped = wrap_model(model, dist_info, fsdp=cfg.fsdp)
-    opt = make_optimizer(model, cfg, lr_scale)
-    if resume:
-        saved, tensors = load_trainer_state(out_dir / "last")
-        _restore_optimizer(opt, saved["optimizer"], tensors)
-        torch.set_rng_state(tensors["rng.torch"])
-        data_gen.set_state(tensors["rng.data"])
-        if device.type == "cuda" and "rng.cuda" in tensors:
-            torch.cuda.set_rng_state(tensors["rng.cuda"])
-        state = saved["loop"]
-    main = dist_info.is_main
-    log = MetricsLog(out_dir / "metrics.jsonl", resume_step=state["step"] if resume else None) if main else None
-    run_model = torch.compile(wrapped) if cfg.compile else wrapped
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    better = (lambda a, b: a > b) if objective.higher_is_better else (lambda a, b: a < b)
-
-    def checkpoint(name: str) -> None:
-        # Gathering FSDP shards takes every rank; writing, rank 0 alone.
-        opt_json, tensors = _optimizer_tensors(opt)
-        weights = full_weights(model)
-        if main:
-            tensors["rng.torch"] = torch.get_rng_state()
-            tensors["rng.data"] = data_gen.get_state()
-            if device.type == "cuda":
-                tensors["rng.cuda"] = torch.cuda.get_rng_state()
-            trainer_state = {"loop": state, "optimizer": opt_json, "train_config": asdict(cfg),
-                             "world_size": dist_info.world_size}
-            save(out_dir / name, trainer_state, tensors, weights)
-        barrier(dist_info)  # no rank runs ahead of a checkpoint it may need to read
-
-    def write(record: dict) -> None:
-        if main:
-            log.write(record)
-
-    def evaluate() -> dict:
-        t_eval = time.perf_counter()
-        model.eval()
-        # Every rank evaluates the same weights on the same data (so early stopping agrees, and FSDP's gathers
-        # are matched on every rank); rank 0 records it. The report (a sample) is rank 0's alone, except under
-        # FSDP, where generating gathers parameters and so takes every rank.
-        with torch.no_grad(), autocast:
-            metrics = objective.evaluate(model)
-            text = objective.report(model) if main or cfg.fsdp else None
-        model.train()
-        value = metrics[objective.metric]
-        improved = state["best"] is None or better(value, state["best"])
-        if improved:
-            state["best"], state["evals_since_best"] = value, 0
-            weights = full_weights(model)
-            if main:
-                save(out_dir / "best", None, None, weights)
-        else:
-            state["evals_since_best"] += 1
-        if main:
-            log.write({"step": state["step"], **{k if k.startswith(("val_", "dev_")) else f"val_{k}": v for k, v in metrics.items()}})
-            plot_curves(log.records(), out_dir / "curves.png", title=desc)
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-            tqdm.write(f"step {state['step']}: {shown}" + (" (best)" if improved else ""))
-            if text:
-                tqdm.write(text)
-        state["wall_seconds"] += time.perf_counter() - t_eval
-        return metrics
-
+    run = _Run(model, wrapped, torch.compile(wrapped) if cfg.compile else wrapped, objective, cfg,
+               make_optimizer(model, cfg, lr_scale), torch.Generator().manual_seed(cfg.seed), checkpoints, out_dir,
+               dist_info, after_step, log=None)
+    state = _restore(run, out_dir / "last") if resume else LoopState()
+    if dist_info.is_main:
+        run.log = RunLog(out_dir, title=desc, resume_step=state.step if resume else None, tensorboard=cfg.tensorboard)
     model.train()
-    last_metrics: dict = {}
-    stopped_early = False
-    bar = tqdm(total=cfg.max_steps, initial=state["step"], desc=desc, dynamic_ncols=True, mininterval=1.0, disable=not main)
+    last_eval, stopped_early = {}, False
+    bar = tqdm(total=cfg.max_steps, initial=state.step, desc=desc, dynamic_ncols=True, mininterval=1.0,
+               disable=not dist_info.is_main)
     try:
-        while state["step"] < cfg.max_steps:
-            t0 = time.perf_counter()
-            lr = lr_at(state["step"], cfg)
-            for group in opt.param_groups:
-                group["lr"] = lr * group["lr_scale"]
-            total_loss, chars = 0.0, 0
-            for micro in range(cfg.grad_accum):
-                batch = [t.to(device, non_blocking=True) for t in shard(list(objective.batch(data_gen)), dist_info)]
-                # Across ranks, reduce gradients only once per optimizer step, after the last micro-batch.
-                with gradient_sync(wrapped, sync=micro == cfg.grad_accum - 1):
-                    with autocast:
-                        loss, n_chars = objective.loss(run_model, batch)
-                    (loss / cfg.grad_accum).backward()
-                total_loss += loss.item() / cfg.grad_accum
-                chars += n_chars * dist_info.world_size
-            total_loss = mean_across_ranks(total_loss, dist_info, device)
-            grads_ok = math.isfinite(total_loss)
-            if grads_ok and cfg.grad_clip > 0:
-                grads_ok = math.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item())
-            if grads_ok:
-                opt.step()
-                if after_step is not None:
-                    after_step(state["step"])
-            else:
-                state["bad_steps"] += 1
-                if state["bad_steps"] > cfg.max_bad_steps:
-                    raise CharformerError(
-                        f"{state['bad_steps']} steps with non-finite loss or gradients (last at step {state['step']}); "
-                        f"stopping. The last good checkpoint is in {out_dir / 'last'}; try a lower lr"
-                    )
-            opt.zero_grad(set_to_none=True)
-            dt = time.perf_counter() - t0
-            state["step"] += 1
-            state["chars_seen"] += chars
-            bar.update(1)
-            if state["step"] % cfg.log_interval == 0 or state["step"] == cfg.max_steps:
-                bar.set_postfix(loss=f"{total_loss:.4f}", lr=f"{lr:.2e}", chars_s=f"{chars / dt:,.0f}")
-                write({"step": state["step"], "train_loss": total_loss, "lr": lr, "chars_per_s": chars / dt})
-            step_seconds = time.perf_counter() - t0  # the step and its bookkeeping, evaluation excluded
-            state["train_seconds"] += step_seconds
-            state["wall_seconds"] += step_seconds
-            if state["step"] % cfg.eval_interval == 0 or state["step"] == cfg.max_steps:
-                last_metrics = evaluate()
-                checkpoint("last")
-                if cfg.patience is not None and state["evals_since_best"] >= cfg.patience:
-                    tqdm.write(f"early stop: no improvement in {cfg.patience} evaluations")
-                    stopped_early = True
-                    break
+        while state.step < cfg.max_steps and not stopped_early:
+            t0 = time.perf_counter()  # one optimizer step and its record; evaluation excluded
+            record, chars = _train_step(run, state)
+            _log_step(run, bar, record, chars_per_s=chars / (time.perf_counter() - t0))
+            step_seconds = time.perf_counter() - t0
+            state.train_seconds, state.wall_seconds = state.train_seconds + step_seconds, state.wall_seconds + step_seconds
+            if state.step % cfg.eval_interval == 0 or state.step == cfg.max_steps:
+                t0 = time.perf_counter()  # evaluation (and the best checkpoint) counts in wall_seconds only
+                last_eval, improved = _evaluate(run, state)
+                if improved:
+                    _save_best(run)
+                state.wall_seconds += time.perf_counter() - t0
+                _save_last(run, state)
+                stopped_early = _patience_ran_out(cfg, state)
     except KeyboardInterrupt:
         bar.close()
-        checkpoint("last")
-        raise CharformerError(f"interrupted at step {state['step']}; saved {out_dir / 'last'}: continue with --resume") from None
+        _save_last(run, state)
+        raise CharformerError(f"interrupted at step {state.step}; saved {out_dir / 'last'}: continue with --resume") from None
+    finally:
+        if run.log is not None:
+            run.log.close()
     bar.close()
-    return {
-        "steps": state["step"],
-        "chars_seen": state["chars_seen"],
-        "train_seconds": round(state["train_seconds"], 3),
-        "wall_seconds": round(state["wall_seconds"], 2),
-        f"best_{objective.metric}": state["best"],
-        "skipped_steps": state["bad_steps"],
-        "stopped_early": stopped_early,
-        "last_eval": last_metrics,
-    }
+    return _summary(state, objective.metric, last_eval, stopped_early)

@@ -2,14 +2,15 @@
 label.
 
     printf '1\\t好\\n0\\t差\\n' > labels.tsv
-    python -m charformer.zeroshot --ckpt out/zh_mlm --labels labels.tsv --pattern '{text}总之很[MASK]。' < reviews.txt
+    charformer zeroshot --ckpt out/zh_mlm --labels labels.tsv --pattern '{text}总之很[MASK]。' < reviews.txt
 
 Each text is put into the pattern; each label's verbaliser fills the blank, and the label whose verbaliser the
 model finds most likely is printed, one label per input line (an empty line gives an empty line). A masked LM
 (pretrain.py --objective mlm) scores the verbaliser's characters at the blank; a causal LM (--objective clm)
 scores them as the continuation of what precedes the blank, which must then come after ``{text}``. How the
 rows are built and scored, and the paper it follows: `charformer.finetuning.cloze`. ``--probs`` adds each
-label's probability (softmax over the labels' scores), in the order of the labels file.
+label's probability (softmax over the labels' scores), in the order of the labels file. The input is streamed
+(`charformer.tasks.streaming`): output is written a window of lines at a time, in input order.
 
 --labels FILE: ``LABEL<TAB>VERBALISER`` per line (or a bare LABEL, its own verbaliser); all verbalisers have the
 same number of characters.
@@ -25,8 +26,9 @@ from .checkpoint import load_checkpoint, read_meta
 from .errors import CharformerError, run_cli
 from .finetuning.cloze import ClozeClassifier, ClozeHead, encode_pattern, read_verbalizers
 from .quantize import inference_device
-from .tasks.inference import read_lines, show_progress, write
-from .tasks.objectives import classify_texts
+from .tasks.predict import classify_texts
+from .tasks.streaming import WINDOW_CHARS, read_windows
+from .tasks.tool import show_progress, write
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,17 +54,17 @@ def main(argv: list[str] | None = None) -> int:
     verbalizers = read_verbalizers(args.labels)
     head = ClozeHead(list(verbalizers), encode_pattern(args.pattern, verbalizers, vocab))
     model = ClozeClassifier(body, head).to(next(body.parameters()).device).eval()
-    lines = read_lines(args.file)
-    filled = [i for i, (text, _) in enumerate(lines) if text]
-    with torch.inference_mode():
-        probs = classify_texts(model, vocab, [lines[i][0] for i in filled], batch_size=args.batch_size,
-                               progress=show_progress(lines))
-    out = [ending for _, ending in lines]
-    for i, row in zip(filled, probs):
-        label = head.labels[int(row.argmax())]
-        extra = "".join(f"\t{p:.4f}" for p in row.tolist()) if args.probs else ""
-        out[i] = f"{label}{extra}{lines[i][1]}"
-    write("".join(out))
+    for lines in read_windows(args.file, WINDOW_CHARS):
+        filled = [i for i, (text, _) in enumerate(lines) if text]
+        with torch.inference_mode():
+            probs = classify_texts(model, vocab, [lines[i][0] for i in filled], batch_size=args.batch_size,
+                                   progress=show_progress(lines))
+        out = [ending for _, ending in lines]
+        for i, row in zip(filled, probs):
+            label = head.labels[int(row.argmax())]
+            extra = "".join(f"\t{p:.4f}" for p in row.tolist()) if args.probs else ""
+            out[i] = f"{label}{extra}{lines[i][1]}"
+        write("".join(out))
     return 0
 
 

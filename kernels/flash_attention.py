@@ -26,16 +26,21 @@ max m, a running sum l = Σ exp(s − m) and an unnormalised output acc = Σ exp
     m' = max(m, rowmax(s));   α = exp(m − m')        (≤ 1: how much the old terms shrink under the new max)
     l  ← α·l + rowsum(exp(s − m'));   acc ← α·acc + exp(s − m')·v;   m ← m'
 
-and at the end o = acc / l. Subtracting the running max keeps every exp() ≤ 1 (no overflow in fp16/fp32). FA2's
+and at the end o = acc / l. Subtracting the running max keeps every exp() <= 1 (no overflow in fp16/fp32). FA2's
 changes over FA1: the division by l happens once at the end, not per tile, and each program owns a query block
 so no two programs write the same output (no atomics). exp is computed as exp2 with log2(e) folded into the
-scale (one multiply per score, and exp2 is the native instruction).
+scale, and the scale is applied after the row max (max(s)·c = max(s·c) for c > 0), so each score costs one FMA,
+s·c − m, and one exp2 (Triton tutorial "Fused Attention").
 
 The program also saves lse = m + log(l) per row (natural log, fp32, B·H·Tq values): the log of the softmax
 denominator. That is all the backward needs to rebuild P exactly: P = exp(s − lse).
 
-Rows with no visible key (padding, length 0, windows) keep m = -inf, l = 0. They are computed with m = 0 in the
-exponent (so exp(-inf − 0) = 0 instead of exp(-inf + inf) = NaN) and write o = 0, lse = -inf.
+Rows with no visible key (padding, length 0) keep m = -inf, l = 0. Edge tiles compute them with m = 0 in the
+exponent (so exp(-inf − 0) = 0 instead of exp(-inf + inf) = NaN), and they write o = 0, lse = -inf.
+
+Causal query tiles are launched longest first (the last tile sees the most keys; FlashAttention-3's scheduler):
+launched last, as in grid order, the heavy tiles would run alone at the end. Tiles of one head stay adjacent in
+the launch order, so programs running together share their k and v tiles in L2.
 
 Backward
 --------
@@ -45,30 +50,44 @@ With dO given, S = scale·q kᵀ, P = softmax(S), O = P v:
     where Δ_i = Σ_j P_ij dP_ij = Σ_j P_ij (dO_i · v_j) = dO_i · O_i.
 
 * P is recomputed from q, k and the saved lse rather than stored: storing it is exactly the O(T²) memory the
-  forward avoided, and recomputing costs one extra matmul per tile.
+  forward avoided, and recomputing costs one extra matmul per tile. The saved lse is read in log2 units, so P is
+  exp2(s·c − lse₂): the scale rides in the same FMA as in the forward, and k needs no pre-scaled copy.
 * Δ is a per-row sum over *all* keys; computed inside a kernel that sees one key tile at a time it would need a
   cross-program reduction. The identity Δ_i = dO_i · O_i turns it into an O(T·D) preprocessing kernel.
-* dK, dV of a key block sum over query blocks, dQ of a query block sums over key blocks. FA2 splits them into two
-  kernels so that each program owns its outputs: the dK/dV kernel holds one key tile and walks the query tiles,
-  the dQ kernel holds one query tile and walks the key tiles (no atomics, deterministic, at the price of
-  computing q kᵀ and dO vᵀ twice).
+* dK, dV of a key block sum over query blocks, dQ of a query block sums over key blocks. One kernel does both.
+  Program i holds key tile i and walks the query tiles, accumulating dK and dV in registers. By default (FA2) each
+  step also adds its share of dQ, scale·dS k, into an fp32 dQ buffer with atomic adds: 5 matmuls and 1 exp per
+  score. The order of those adds varies between runs, so dQ is reproducible only to rounding;
+  ``deterministic=True`` instead has program i go on to hold query tile i and walk the key tiles for its dQ (as
+  the Triton tutorial does): no atomics, bitwise reproducible, at the price of computing q kᵀ, exp and dO vᵀ twice
+  (7 matmuls and 2 exps per score).
 
-Block skipping
---------------
+Block skipping and masking
+--------------------------
 Each loop runs only over the tiles that the mask can leave visible: with ``causal`` a query tile stops at its
 last query's diagonal (half the work), with ``window`` w it starts at its first query's position − w + 1 (and,
 bidirectional, stops w − 1 past its last), so a sliding-window pass costs ~T·w, not T²; with ``key_lengths`` it
-stops at the sequence length, and query tiles made only of padding do no work. Inside the visited tiles the
-exact element-wise mask of ``reference.visible_keys`` is applied, to every visited tile: skipping it on tiles that
-are wholly visible (the Triton tutorial splits its loop in two for that) saves a few integer ops per score and is
-left out until a GPU measurement shows that it pays.
+stops at the sequence length, and query tiles made only of padding do no work.
+
+The visited tiles are split three ways (``_key_ranges``, ``_query_ranges``), as the Triton tutorial splits its
+loop: the left window edge, then the tiles that every query of the program sees whole, then the diagonal, the
+right window edge, the ragged last tile and the key-length edge. Only the edge loops apply the element-wise mask
+of ``reference.visible_keys`` and bounds checks; the middle loop, most of the work at large T, has neither.
+Padding query rows (past their sequence's length) need no mask: the forward zeroes their output at the end, and
+in the backward their lse of -inf makes their P exactly 0.
+
+Not done: Hopper's tensor descriptors (TMA loads) and warp specialisation (Triton's
+``tl.range(..., warp_specialize=True)``). Both need a Triton-version check and a GPU to show they pay; the
+pointer path above is what runs everywhere.
 
 Sources: T. Dao, "FlashAttention-2: Faster Attention with Better Parallelism and Work Partitioning", 2023;
-T. Dao et al., "FlashAttention", 2022; Triton tutorials "Fused Softmax" and "Fused Attention" (background).
+T. Dao et al., "FlashAttention", 2022; J. Shah et al., "FlashAttention-3", 2024 (tile scheduling); Triton
+tutorial "Fused Attention" (loop split, FMA scaling, fused backward).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -81,45 +100,89 @@ MAX_HEAD_DIM = 128
 LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x · log2 e)
 LN2 = tl.constexpr(0.6931471805599453)  # ln(x) = log2(x) · ln 2
 
-# Autotune candidates for Ampere (sm80) / Hopper (sm90), fp16/bf16, head dim <= 128. A config that needs more
-# shared memory than the GPU has (e.g. the big tiles with fp32 inputs) fails with OutOfResources, which the
-# autotuner skips; the last config of each list is small enough for fp32 at D=128 on sm80 (checked by
-# `python -m kernels.compile_check`). Under the interpreter one config is used; its unequal, small tiles make
-# the CPU tests cross several tile boundaries on short sequences.
-FWD_CONFIGS = [
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2),
-]
-DKDV_CONFIGS = [  # BLOCK_N keys held by a program, BLOCK_M query rows per loop step
-    triton.Config({"BLOCK_M": 32, "BLOCK_N": 128}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2),
-    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=1),
-]
-DQ_CONFIGS = [  # BLOCK_M queries held by a program, BLOCK_N keys per loop step
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=1),
-]
-INTERPRETER_FWD = triton.Config({"BLOCK_M": 64, "BLOCK_N": 32})
-INTERPRETER_DKDV = triton.Config({"BLOCK_M": 32, "BLOCK_N": 64})
-INTERPRETER_DQ = triton.Config({"BLOCK_M": 64, "BLOCK_N": 32})
+
+# ---------------------------------------------------------------------------------------------------------------
+# Autotuning
+# ---------------------------------------------------------------------------------------------------------------
+def _configs(blocks, warps_stages) -> list[triton.Config]:
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+            for (m, n), (w, s) in zip(blocks, warps_stages)]
+
+
+# Defaults, for Ampere (sm80) and Hopper (sm90), fp16/bf16, head dim <= 128: the benchmark and the model autotune
+# over these (KERNELS_AUTOTUNE=1). The last of each list fits fp32 at D=128 on sm80 and is the only one with
+# KERNELS_AUTOTUNE=0. `python -m kernels.compile_check` compiles them all and fails on a spill in any of them on
+# sm90 (bigger tiles, 128x128 in the forward and 64x128 in the backward, spilled there at D=128; so did 4 warps
+# on 32x64 in the backward).
+FWD_DEFAULTS = _configs([(128, 64), (64, 64), (64, 32)], [(8, 3), (4, 3), (4, 2)])
+# Backward: each program holds BLOCK_N keys and walks the queries BLOCK_M rows at a time (and, when
+# deterministic, then holds BLOCK_N queries and walks the keys BLOCK_M at a time).
+BWD_DEFAULTS = _configs([(32, 128), (32, 64), (32, 64)], [(8, 2), (8, 2), (8, 1)])
+# The Triton tutorial's search space (KERNELS_AUTOTUNE=full), cut by `fwd_fits` / `bwd_fits` to what can fit on
+# the GPU in use.
+FWD_SPACE = _configs(*zip(*itertools.product(itertools.product((64, 128), (32, 64, 128)),
+                                             itertools.product((4, 8), (2, 3, 4, 5)))))
+BWD_SPACE = _configs(*zip(*itertools.product(itertools.product((32, 64), (64, 128)),
+                                             itertools.product((4, 8), (1, 2, 3)))))
+INTERPRETER_FWD = triton.Config({"BLOCK_M": 64, "BLOCK_N": 32})  # unequal, small tiles: the CPU tests cross
+INTERPRETER_BWD = triton.Config({"BLOCK_M": 32, "BLOCK_N": 64})  # several tile boundaries on short sequences
 DELTA_BLOCK_M = 64
 # Autotuning reruns for every new key. Keyed on Tq and Tk themselves, decoding with a growing key cache would
 # re-benchmark all configs at every step; the kernels get the lengths' next powers of two (tune_tq, tune_tk,
 # otherwise unused) so that lengths in the same octave share one tuning.
-_TUNE_KEY = ["tune_tq", "tune_tk", "HEAD_DIM", "CAUSAL", "HAS_WINDOW"]
+_TUNE_KEY = ["tune_tq", "tune_tk", "HEAD_DIM", "CAUSAL", "HAS_WINDOW", "HAS_LENGTHS"]
+
+
+def _fits(config: triton.Config, fp32_tiles: int, register_budget: int, staged_rows: int, held_rows: int,
+          block_d: int, elsize: int, shared_limit: int) -> bool:
+    """Can ``config`` run without spilling or overflowing shared memory? A cheap estimate, used only to cut the
+    search space before compiling: ``fp32_tiles`` values live in registers, spread over the program's threads,
+    at most ``register_budget`` per thread (calibrated on the sm90 report of ``kernels.compile_check``: the
+    configs over it spilled); ``staged_rows`` rows of the head dim are buffered num_stages times in shared
+    memory, ``held_rows`` once."""
+    registers = fp32_tiles / (32 * config.num_warps)
+    shared = elsize * block_d * (held_rows + config.num_stages * staged_rows)
+    return registers <= register_budget and shared <= shared_limit
+
+
+def fwd_fits(c: triton.Config, block_d: int, elsize: int, shared_limit: int) -> bool:
+    """Forward: the (M, D) accumulator and (M, N) scores in registers, k and v tiles staged."""
+    m, n = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+    return _fits(c, m * (block_d + n), 96, 2 * n, m, block_d, elsize, shared_limit)
+
+
+def bwd_fits(c: triton.Config, block_d: int, elsize: int, shared_limit: int) -> bool:
+    """Backward: dK, dV accumulators (N, D), (N, M) score tiles and an (M, D) dQ in registers, q and dO staged."""
+    m, n = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+    return _fits(c, n * (2 * block_d + 2 * m) + m * block_d, 176, 2 * m, 2 * n, block_d, elsize, shared_limit)
+
+
+def _pruner(fits):
+    """An ``early_config_prune`` for the autotuner: the configs that ``fits`` the GPU of the inputs."""
+    def prune(configs, named_args, **kwargs):
+        q = named_args["q_ptr"]
+        limit = torch.cuda.get_device_properties(q.device).shared_memory_per_block_optin
+        return [c for c in configs if fits(c, kwargs["BLOCK_D"], q.element_size(), limit)] or configs[-1:]
+    return prune
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers shared by the kernels: tiles, the mask, the loop bounds.
 # ---------------------------------------------------------------------------------------------------------------
 @triton.jit
-def _load_tile(ptr, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr):
+def _load_tile(ptr, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, IN_BOUNDS: tl.constexpr):
     """Rows ``rows`` (R,) of a contiguous (T, HEAD_DIM) matrix as an (R, BLOCK_D) tile; zeros in the padding
-    columns >= HEAD_DIM and in rows >= n_rows (past the end, or right padding of the sequence)."""
-    mask = (rows[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM)
-    return tl.load(ptr + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=mask, other=0.0)
+    columns >= HEAD_DIM and in rows >= n_rows (past the end, or right padding of the sequence). IN_BOUNDS: the
+    caller knows every row is < n_rows, so only the padding columns (if any) are masked."""
+    ptrs = ptr + rows[:, None] * HEAD_DIM + offs_d[None, :]
+    if IN_BOUNDS:
+        if HEAD_DIM == BLOCK_D:
+            tile = tl.load(ptrs)
+        else:
+            tile = tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+    else:
+        tile = tl.load(ptrs, mask=(rows[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    return tile
 
 
 @triton.jit
@@ -129,22 +192,17 @@ def _store_tile(ptr, tile, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr):
 
 
 @triton.jit
-def _masked_scores(a, b, pos_q, pos_k, length, window, qk_scale, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr):
-    """a bᵀ · qk_scale (log2 units), -inf where query pos_q may not see key pos_k (``reference.visible_keys``).
-
-    Called as (q, k) with pos_q (M, 1), pos_k (1, N) for an (M, N) tile, or as (k, q) with pos_q (1, M),
-    pos_k (N, 1) for the transposed (N, M) tile of the dK/dV kernel. ``length`` <= Tk is the sequence's key
-    length; query rows at or past it see nothing, and rows past Tq have pos_q >= Tk >= length.
-    """
-    visible = (pos_k < length) & (pos_q < length)
+def _visible(pos_q, pos_k, length, window, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """Can query pos_q see key pos_k (``reference.visible_keys``), for real queries (pos_q < length)? Broadcasts:
+    (M, 1) and (1, N) for a tile of scores, (1, M) and (N, 1) for the transposed tile of the backward."""
+    visible = (pos_k < length) & (pos_q >= 0)  # pos_q >= 0 always: it gives the mask its 2-D shape from the start
     if CAUSAL:
         visible &= pos_k <= pos_q
     if HAS_WINDOW:
         visible &= pos_q - pos_k < window
         if not CAUSAL:
             visible &= pos_k - pos_q < window
-    s = tl.dot(a, tl.trans(b), input_precision="ieee") * qk_scale
-    return tl.where(visible, s, float("-inf"))
+    return visible
 
 
 @triton.jit
@@ -161,37 +219,59 @@ def _valid_lengths(lengths_ptr, batch, Tq, Tk, HAS_LENGTHS: tl.constexpr):
 
 
 @triton.jit
-def _key_range(start_m, shift, length, n_q, window, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """[lo, hi): the keys some query of the tile [start_m, start_m + BLOCK_M) can see; lo a multiple of BLOCK_N."""
-    first_q = start_m + shift  # absolute positions of the tile's first and last query
-    last_q = start_m + BLOCK_M - 1 + shift
-    lo = 0
-    hi = tl.where(start_m < n_q, length, 0)  # a tile of padding queries sees nothing
-    if CAUSAL:
-        hi = tl.minimum(hi, last_q + 1)
-    if HAS_WINDOW:
-        lo = tl.maximum(first_q - window + 1, 0) // BLOCK_N * BLOCK_N
-        if not CAUSAL:
-            hi = tl.minimum(hi, last_q + window)
-    return lo, hi
+def _clamp_ranges(lo, full_lo, full_hi, hi):
+    """Order the split points lo <= full_lo <= full_hi <= hi (empty middle when nothing is wholly visible)."""
+    full_lo = tl.minimum(tl.maximum(full_lo, lo), tl.maximum(hi, lo))
+    full_hi = tl.minimum(tl.maximum(full_hi, full_lo), tl.maximum(hi, full_lo))
+    return lo, full_lo, full_hi, hi
 
 
 @triton.jit
-def _query_range(start_n, shift, length, n_q, window, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """[lo, hi): the query rows that can see some key of the tile [start_n, start_n + BLOCK_N); lo a multiple of
-    BLOCK_M. Query row i sits at absolute position i + shift."""
+def _key_ranges(start_m, shift, length, n_q, window, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Split points of the keys seen by the query tile [start_m, start_m + BLOCK_M): tiles in [lo, full_lo) and
+    [full_hi, hi) need the mask (window edge; diagonal, ragged last tile, key-length edge), tiles in
+    [full_lo, full_hi) are wholly visible to every query of the tile. lo, full_lo, full_hi are multiples of BLOCK_N.
+    Integer division only of non-negative values: compiled Triton rounds toward zero, the interpreter down."""
+    first_q = start_m + shift  # absolute positions of the tile's first and last query
+    last_q = start_m + BLOCK_M - 1 + shift
+    lo = 0
+    full_lo = 0
+    hi = tl.where(start_m < n_q, length, 0)  # a tile of padding queries sees nothing
+    full_hi = length // BLOCK_N * BLOCK_N
+    if CAUSAL:
+        hi = tl.minimum(hi, last_q + 1)
+        full_hi = tl.minimum(full_hi, (first_q + 1) // BLOCK_N * BLOCK_N)
+    if HAS_WINDOW:
+        lo = tl.maximum(first_q - window + 1, 0) // BLOCK_N * BLOCK_N
+        full_lo = tl.cdiv(tl.maximum(last_q - window + 1, 0), BLOCK_N) * BLOCK_N
+        if not CAUSAL:
+            hi = tl.minimum(hi, last_q + window)
+            full_hi = tl.minimum(full_hi, (first_q + window) // BLOCK_N * BLOCK_N)
+    return _clamp_ranges(lo, full_lo, full_hi, hi)
+
+
+@triton.jit
+def _query_ranges(start_n, shift, length, n_q, window, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Split points of the query rows that see the key tile [start_n, start_n + BLOCK_N), as in `_key_ranges`:
+    rows in [full_lo, full_hi) see every key of the tile and are real; a tile straddling the key length is masked
+    throughout. Query row i sits at absolute position i + shift."""
     last_k = start_n + BLOCK_N - 1
     lo = 0
+    full_lo = 0
     hi = tl.where(start_n < length, n_q, 0)  # only the n_q real queries see anything, and only real keys
+    full_hi = tl.where(last_k < length, n_q // BLOCK_M * BLOCK_M, 0)
     if CAUSAL:
-        lo = tl.maximum(start_n - shift, 0)
+        lo = tl.maximum(start_n - shift, 0) // BLOCK_M * BLOCK_M
+        full_lo = tl.cdiv(tl.maximum(last_k - shift, 0), BLOCK_M) * BLOCK_M
     if HAS_WINDOW:
-        hi = tl.minimum(hi, last_k + window - shift)
+        hi = tl.minimum(hi, tl.maximum(last_k + window - shift, 0))
+        full_hi = tl.minimum(full_hi, tl.maximum(start_n + window - shift, 0) // BLOCK_M * BLOCK_M)
         if not CAUSAL:
-            lo = tl.maximum(start_n - window + 1 - shift, 0)
-    return lo // BLOCK_M * BLOCK_M, hi
+            lo = tl.maximum(start_n - window + 1 - shift, 0) // BLOCK_M * BLOCK_M
+            full_lo = tl.cdiv(tl.maximum(last_k - window + 1 - shift, 0), BLOCK_M) * BLOCK_M
+    return _clamp_ranges(lo, full_lo, full_hi, hi)
 
 
 @triton.jit
@@ -205,7 +285,7 @@ def _head_offsets(bh, Tq, Tk, HEAD_DIM: tl.constexpr):
 @triton.jit
 def _load_lse2(lse_ptr, rows, n_rows):
     """Saved lse of query rows ``rows`` in log2 units. Rows with no visible key (lse = -inf) read +inf, so that
-    exp2(s - lse2) = exp2(-inf) = 0 for their (all -inf) scores instead of NaN."""
+    exp2(s - lse2) = exp2(-inf) = 0 for their scores instead of NaN."""
     lse = tl.load(lse_ptr + rows, mask=rows < n_rows, other=float("-inf"))
     return tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
 
@@ -213,13 +293,44 @@ def _load_lse2(lse_ptr, rows, n_rows):
 # ---------------------------------------------------------------------------------------------------------------
 # Forward
 # ---------------------------------------------------------------------------------------------------------------
-@triton.autotune(configs=autotune_configs(FWD_CONFIGS, INTERPRETER_FWD), key=_TUNE_KEY)
+@triton.jit
+def _fwd_tiles(acc, l, m, q, k_ptr, v_ptr, pos_q, lo, hi, length, window, qk_scale, offs_n, offs_d,
+               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+               MASKED: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Online softmax over the key tiles [lo, hi): returns the updated (acc, l, m). MASKED: apply the element
+    mask (edge tiles); otherwise every key of every tile is visible to every query and in bounds, so the loop
+    body has no mask and no bounds checks."""
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n  # (N,) key rows of this tile
+        k = _load_tile(k_ptr, cols, length, offs_d, HEAD_DIM, BLOCK_D, not MASKED)  # (N, D)
+        v = _load_tile(v_ptr, cols, length, offs_d, HEAD_DIM, BLOCK_D, not MASKED)  # (N, D)
+        qk = tl.dot(q, tl.trans(k), input_precision="ieee")  # (M, N) raw scores; scale > 0 keeps the row max
+        if MASKED:
+            qk = tl.where(_visible(pos_q, cols[None, :], length, window, CAUSAL, HAS_WINDOW), qk, float("-inf"))
+        m_new = tl.maximum(m, tl.max(qk, 1) * qk_scale)  # (M,) in log2 units
+        if MASKED:  # a row with nothing visible yet keeps m = -inf: subtract 0 so that exp2(-inf - 0) = 0, not NaN
+            m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:  # every row sees a key here: m_new is finite
+            m_sub = m_new
+        p = tl.exp2(qk * qk_scale - m_sub[:, None])  # (M, N), one FMA + exp2 per score, each <= 1
+        alpha = tl.exp2(m - m_sub)  # (M,) rescales what was summed under the old max
+        l = l * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        m = m_new
+    return acc, l, m
+
+
+@triton.autotune(configs=autotune_configs(FWD_DEFAULTS, INTERPRETER_FWD, FWD_SPACE), key=_TUNE_KEY,
+                 prune_configs_by={"early_config_prune": _pruner(fwd_fits)})
 @triton.jit
 def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, lengths_ptr, Tq, Tk, H, scale, window, tune_tq, tune_tk,
                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
                      HAS_WINDOW: tl.constexpr, HAS_LENGTHS: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    start_m = tl.program_id(0) * BLOCK_M
+    pid = tl.program_id(0)
+    if CAUSAL:  # longest first: the last query tiles see the most keys; launched last they would form a tail
+        pid = tl.num_programs(0) - 1 - pid
+    start_m = pid * BLOCK_M
     bh = tl.program_id(1)  # batch * H + head
     length, n_q = _valid_lengths(lengths_ptr, bh // H, Tq, Tk, HAS_LENGTHS)
     shift = Tk - Tq  # query row i sits at absolute position i + shift
@@ -230,34 +341,30 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, lengths_ptr, Tq, Tk, H
     rows = start_m + tl.arange(0, BLOCK_M)  # (M,) query rows of this tile
     offs_n = tl.arange(0, BLOCK_N)  # (N,)
     offs_d = tl.arange(0, BLOCK_D)  # (D,) padded to a power of two >= 16 (tl.dot needs K >= 16)
-    q = _load_tile(q_ptr, rows, n_q, offs_d, HEAD_DIM)  # (M, D), stays in SRAM for the whole loop
+    q = _load_tile(q_ptr, rows, n_q, offs_d, HEAD_DIM, BLOCK_D, False)  # (M, D), in SRAM for the whole loop
+    pos_q = rows[:, None] + shift  # (M, 1)
 
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)  # (M,) running row max of the scores (log2 units)
     l = tl.zeros([BLOCK_M], tl.float32)  # (M,) running Σ exp2(s - m)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)  # (M, D) running Σ exp2(s - m) v
-    lo, hi = _key_range(start_m, shift, length, n_q, window, CAUSAL, HAS_WINDOW, BLOCK_M, BLOCK_N)
-    for start_n in range(lo, hi, BLOCK_N):
-        cols = start_n + offs_n  # (N,) key rows of this tile
-        k = _load_tile(k_ptr, cols, length, offs_d, HEAD_DIM)  # (N, D)
-        v = _load_tile(v_ptr, cols, length, offs_d, HEAD_DIM)  # (N, D)
-        s = _masked_scores(q, k, rows[:, None] + shift, cols[None, :], length, window, qk_scale,
-                           CAUSAL, HAS_WINDOW)  # (M, N)
-        m_new = tl.maximum(m, tl.max(s, 1))  # (M,)
-        m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing visible yet: exp2(-inf - 0) = 0, not NaN
-        p = tl.exp2(s - m_sub[:, None])  # (M, N) unnormalised probabilities, each <= 1
-        alpha = tl.exp2(m - m_sub)  # (M,) rescales what was summed under the old max
-        l = l * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        m = m_new
+    lo, full_lo, full_hi, hi = _key_ranges(start_m, shift, length, n_q, window, CAUSAL, HAS_WINDOW, BLOCK_M,
+                                           BLOCK_N)
+    args = (k_ptr, v_ptr, pos_q)
+    rest = (length, window, qk_scale, offs_n, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, HAS_WINDOW)
+    acc, l, m = _fwd_tiles(acc, l, m, q, *args, lo, full_lo, *rest, True, BLOCK_N)  # left window edge
+    acc, l, m = _fwd_tiles(acc, l, m, q, *args, full_lo, full_hi, *rest, False, BLOCK_N)  # wholly visible
+    acc, l, m = _fwd_tiles(acc, l, m, q, *args, full_hi, hi, *rest, True, BLOCK_N)  # diagonal, edges
 
-    # Normalise once at the end (FA2). Rows that saw no key have l = 0: output 0 and lse = m + log2(1) = -inf.
-    l_safe = tl.where(l > 0, l, 1.0)
-    _store_tile(o_ptr, acc / l_safe[:, None], rows, Tq, offs_d, HEAD_DIM)
-    tl.store(lse_ptr + rows, (m + tl.log2(l_safe)) * LN2, mask=rows < Tq)  # natural log
+    # Normalise once at the end (FA2). Padding rows (they were not masked) and rows that saw no key: output 0,
+    # lse -inf.
+    real = (rows < n_q) & (l > 0)
+    l_safe = tl.where(real, l, 1.0)
+    _store_tile(o_ptr, tl.where(real[:, None], acc / l_safe[:, None], 0.0), rows, Tq, offs_d, HEAD_DIM)
+    tl.store(lse_ptr + rows, tl.where(real, (m + tl.log2(l_safe)) * LN2, float("-inf")), mask=rows < Tq)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Backward: Δ preprocess, dK/dV kernel, dQ kernel
+# Backward: Δ preprocess, then one kernel for dK, dV and dQ
 # ---------------------------------------------------------------------------------------------------------------
 @triton.jit
 def _attn_bwd_delta_kernel(o_ptr, do_ptr, delta_ptr, Tq, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -265,90 +372,117 @@ def _attn_bwd_delta_kernel(o_ptr, do_ptr, delta_ptr, Tq, HEAD_DIM: tl.constexpr,
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # (M,)
     q_off, _, row_off = _head_offsets(tl.program_id(1), Tq, Tq, HEAD_DIM)
     offs_d = tl.arange(0, BLOCK_D)
-    o = _load_tile(o_ptr + q_off, rows, Tq, offs_d, HEAD_DIM).to(tl.float32)  # (M, D)
-    do = _load_tile(do_ptr + q_off, rows, Tq, offs_d, HEAD_DIM).to(tl.float32)  # (M, D)
+    o = _load_tile(o_ptr + q_off, rows, Tq, offs_d, HEAD_DIM, BLOCK_D, False).to(tl.float32)  # (M, D)
+    do = _load_tile(do_ptr + q_off, rows, Tq, offs_d, HEAD_DIM, BLOCK_D, False).to(tl.float32)  # (M, D)
     tl.store(delta_ptr + row_off + rows, tl.sum(o * do, 1), mask=rows < Tq)  # Δ_i = dO_i · O_i
 
 
-@triton.autotune(configs=autotune_configs(DKDV_CONFIGS, INTERPRETER_DKDV), key=_TUNE_KEY)
 @triton.jit
-def _attn_bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, lengths_ptr,
-                          Tq, Tk, H, scale, window, tune_tq, tune_tk,
-                          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-                          HAS_WINDOW: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    start_n = tl.program_id(0) * BLOCK_N
-    bh = tl.program_id(1)
-    length, n_q = _valid_lengths(lengths_ptr, bh // H, Tq, Tk, HAS_LENGTHS)
-    shift = Tk - Tq
-    qk_scale = scale * LOG2E
-    q_off, k_off, row_off = _head_offsets(bh, Tq, Tk, HEAD_DIM)
-    q_ptr, do_ptr, lse_ptr, delta_ptr = q_ptr + q_off, do_ptr + q_off, lse_ptr + row_off, delta_ptr + row_off
-    k_ptr, v_ptr, dk_ptr, dv_ptr = k_ptr + k_off, v_ptr + k_off, dk_ptr + k_off, dv_ptr + k_off
-
-    cols = start_n + tl.arange(0, BLOCK_N)  # (N,) key rows owned by this program
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    k = _load_tile(k_ptr, cols, length, offs_d, HEAD_DIM)  # (N, D), in SRAM for the whole loop
-    v = _load_tile(v_ptr, cols, length, offs_d, HEAD_DIM)  # (N, D)
-    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    # Work in the transposed orientation, (N keys, M queries), so that dV += Pᵀ dO and dK += dSᵀ q are plain
-    # matmuls of tiles already in registers.
-    lo, hi = _query_range(start_n, shift, length, n_q, window, CAUSAL, HAS_WINDOW, BLOCK_M, BLOCK_N)
+def _bwd_kv_tiles(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, cols, lo, hi, n_q, length, window,
+                  scale, qk_scale, offs_m, offs_d, shift, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                  CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, ATOMIC_DQ: tl.constexpr, MASKED: tl.constexpr,
+                  BLOCK_M: tl.constexpr):
+    """For the held key tile (k, v), walk the query rows [lo, hi): returns the updated (dK, dV) accumulators and,
+    with ATOMIC_DQ, adds each step's dQ = scale·dS k into the fp32 dq buffer (FA2). Works in the transposed
+    orientation, (N keys, M queries), so that dV += Pᵀ dO and dK += dSᵀ q are plain matmuls."""
     for start_m in range(lo, hi, BLOCK_M):
         rows = start_m + offs_m  # (M,) query rows of this step
-        q = _load_tile(q_ptr, rows, n_q, offs_d, HEAD_DIM)  # (M, D)
-        do = _load_tile(do_ptr, rows, n_q, offs_d, HEAD_DIM)  # (M, D)
+        q = _load_tile(q_ptr, rows, n_q, offs_d, HEAD_DIM, BLOCK_D, not MASKED)  # (M, D)
+        do = _load_tile(do_ptr, rows, n_q, offs_d, HEAD_DIM, BLOCK_D, not MASKED)  # (M, D)
         lse2 = _load_lse2(lse_ptr, rows, n_q)  # (M,)
         delta = tl.load(delta_ptr + rows, mask=rows < n_q, other=0.0)  # (M,)
-        s_t = _masked_scores(k, q, rows[None, :] + shift, cols[:, None], length, window, qk_scale,
-                             CAUSAL, HAS_WINDOW)  # (N, M) = Sᵀ
-        p_t = tl.exp2(s_t - lse2[None, :])  # (N, M) = Pᵀ, recomputed exactly from the saved lse
+        s_t = tl.dot(k, tl.trans(q), input_precision="ieee")  # (N, M) = Sᵀ / scale
+        if MASKED:
+            s_t = tl.where(_visible(rows[None, :] + shift, cols[:, None], length, window, CAUSAL, HAS_WINDOW), s_t,
+                           float("-inf"))
+        p_t = tl.exp2(s_t * qk_scale - lse2[None, :])  # (N, M) = Pᵀ from the saved lse; the scale rides in the FMA
         dv += tl.dot(p_t.to(do.dtype), do, input_precision="ieee")  # (N, D)
         dp_t = tl.dot(v, tl.trans(do), input_precision="ieee")  # (N, M) = dPᵀ = v dOᵀ
-        ds_t = p_t * (dp_t - delta[None, :])  # (N, M) = dSᵀ
-        dk += tl.dot(ds_t.to(q.dtype), q, input_precision="ieee")  # (N, D)
-    _store_tile(dk_ptr, dk * scale, cols, Tk, offs_d, HEAD_DIM)  # keys nobody sees get exact zeros
-    _store_tile(dv_ptr, dv, cols, Tk, offs_d, HEAD_DIM)
+        ds_t = (p_t * (dp_t - delta[None, :])).to(q.dtype)  # (N, M) = dSᵀ
+        dk += tl.dot(ds_t, q, input_precision="ieee")  # (N, D)
+        if ATOMIC_DQ:
+            dq = tl.dot(tl.trans(ds_t), k, input_precision="ieee") * scale  # (M, D)
+            mask = (rows[:, None] < n_q) & (offs_d[None, :] < HEAD_DIM)
+            tl.atomic_add(dq_ptr + rows[:, None] * HEAD_DIM + offs_d[None, :], dq, mask=mask, sem="relaxed")
+    return dk, dv
 
 
-@triton.autotune(configs=autotune_configs(DQ_CONFIGS, INTERPRETER_DQ), key=_TUNE_KEY)
 @triton.jit
-def _attn_bwd_dq_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, lengths_ptr,
-                        Tq, Tk, H, scale, window, tune_tq, tune_tk,
-                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-                        HAS_WINDOW: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    start_m = tl.program_id(0) * BLOCK_M
+def _bwd_q_tiles(dq, q, do, lse2, delta, k_ptr, v_ptr, pos_q, lo, hi, length, window, qk_scale, offs_n, offs_d,
+                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                 MASKED: tl.constexpr, BLOCK_N: tl.constexpr):
+    """For the held query tile, walk the key tiles [lo, hi): returns the updated dQ / scale accumulator."""
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n  # (N,)
+        k = _load_tile(k_ptr, cols, length, offs_d, HEAD_DIM, BLOCK_D, not MASKED)  # (N, D)
+        v = _load_tile(v_ptr, cols, length, offs_d, HEAD_DIM, BLOCK_D, not MASKED)  # (N, D)
+        s = tl.dot(q, tl.trans(k), input_precision="ieee")  # (M, N)
+        if MASKED:
+            s = tl.where(_visible(pos_q, cols[None, :], length, window, CAUSAL, HAS_WINDOW), s, float("-inf"))
+        p = tl.exp2(s * qk_scale - lse2[:, None])  # (M, N) = P
+        dp = tl.dot(do, tl.trans(v), input_precision="ieee")  # (M, N) = dO vᵀ
+        ds = p * (dp - delta[:, None])  # (M, N) = dS
+        dq += tl.dot(ds.to(k.dtype), k, input_precision="ieee")  # (M, D)
+    return dq
+
+
+@triton.autotune(configs=autotune_configs(BWD_DEFAULTS, INTERPRETER_BWD, BWD_SPACE), key=_TUNE_KEY + ["ATOMIC_DQ"],
+                 prune_configs_by={"early_config_prune": _pruner(bwd_fits)},
+                 reset_to_zero=["dq_ptr"])
+@triton.jit
+def _attn_bwd_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, dk_ptr, dv_ptr, lengths_ptr,
+                     Tq, Tk, H, scale, window, tune_tq, tune_tk,
+                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+                     HAS_WINDOW: tl.constexpr, HAS_LENGTHS: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Program i: dK, dV of key tile i (BLOCK_N keys, walking the queries BLOCK_M at a time); then, unless
+    ATOMIC_DQ added dQ along the way, dQ of query tile i (BLOCK_N queries, walking the keys BLOCK_M at a time)."""
+    pid = tl.program_id(0)
     bh = tl.program_id(1)
     length, n_q = _valid_lengths(lengths_ptr, bh // H, Tq, Tk, HAS_LENGTHS)
     shift = Tk - Tq
     qk_scale = scale * LOG2E
     q_off, k_off, row_off = _head_offsets(bh, Tq, Tk, HEAD_DIM)
     q_ptr, do_ptr, dq_ptr = q_ptr + q_off, do_ptr + q_off, dq_ptr + q_off
-    lse_ptr, delta_ptr, k_ptr, v_ptr = lse_ptr + row_off, delta_ptr + row_off, k_ptr + k_off, v_ptr + k_off
-
-    rows = start_m + tl.arange(0, BLOCK_M)  # (M,) query rows owned by this program
+    lse_ptr, delta_ptr = lse_ptr + row_off, delta_ptr + row_off
+    k_ptr, v_ptr, dk_ptr, dv_ptr = k_ptr + k_off, v_ptr + k_off, dk_ptr + k_off, dv_ptr + k_off
+    offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    q = _load_tile(q_ptr, rows, n_q, offs_d, HEAD_DIM)  # (M, D)
-    do = _load_tile(do_ptr, rows, n_q, offs_d, HEAD_DIM)  # (M, D)
-    lse2 = _load_lse2(lse_ptr, rows, n_q)  # (M,)
-    delta = tl.load(delta_ptr + rows, mask=rows < n_q, other=0.0)  # (M,)
-    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    lo, hi = _key_range(start_m, shift, length, n_q, window, CAUSAL, HAS_WINDOW, BLOCK_M, BLOCK_N)
-    for start_n in range(lo, hi, BLOCK_N):
-        cols = start_n + offs_n  # (N,)
-        k = _load_tile(k_ptr, cols, length, offs_d, HEAD_DIM)  # (N, D)
-        v = _load_tile(v_ptr, cols, length, offs_d, HEAD_DIM)  # (N, D)
-        s = _masked_scores(q, k, rows[:, None] + shift, cols[None, :], length, window, qk_scale,
-                           CAUSAL, HAS_WINDOW)  # (M, N)
-        p = tl.exp2(s - lse2[:, None])  # (M, N) = P
-        dp = tl.dot(do, tl.trans(v), input_precision="ieee")  # (M, N) = dO vᵀ
-        ds = p * (dp - delta[:, None])  # (M, N) = dS
-        dq += tl.dot(ds.to(k.dtype), k, input_precision="ieee")  # (M, D)
-    _store_tile(dq_ptr, dq * scale, rows, Tq, offs_d, HEAD_DIM)
+
+    start_n = pid * BLOCK_N
+    cols = start_n + offs_n  # (N,) key rows owned by this program
+    k = _load_tile(k_ptr, cols, length, offs_d, HEAD_DIM, BLOCK_D, False)  # (N, D), in SRAM for the whole loop
+    v = _load_tile(v_ptr, cols, length, offs_d, HEAD_DIM, BLOCK_D, False)  # (N, D)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    lo, full_lo, full_hi, hi = _query_ranges(start_n, shift, length, n_q, window, CAUSAL, HAS_WINDOW, BLOCK_M,
+                                             BLOCK_N)
+    args = (k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, cols)
+    rest = (n_q, length, window, scale, qk_scale, offs_m, offs_d, shift, HEAD_DIM, BLOCK_D, CAUSAL, HAS_WINDOW,
+            ATOMIC_DQ)
+    dk, dv = _bwd_kv_tiles(dk, dv, *args, lo, full_lo, *rest, True, BLOCK_M)  # diagonal / left window edge
+    dk, dv = _bwd_kv_tiles(dk, dv, *args, full_lo, full_hi, *rest, False, BLOCK_M)  # wholly visible
+    dk, dv = _bwd_kv_tiles(dk, dv, *args, full_hi, hi, *rest, True, BLOCK_M)  # right edges, ragged tail
+    _store_tile(dk_ptr, dk * scale, cols, Tk, offs_d, HEAD_DIM)  # keys nobody sees get exact zeros
+    _store_tile(dv_ptr, dv, cols, Tk, offs_d, HEAD_DIM)
+
+    if not ATOMIC_DQ:  # the query tile of the same index, roles of the block sizes swapped (Triton tutorial)
+        start_q = pid * BLOCK_N
+        rows = start_q + offs_n  # (N,) query rows owned by this program
+        q = _load_tile(q_ptr, rows, n_q, offs_d, HEAD_DIM, BLOCK_D, False)  # (N, D)
+        do = _load_tile(do_ptr, rows, n_q, offs_d, HEAD_DIM, BLOCK_D, False)  # (N, D)
+        lse2 = _load_lse2(lse_ptr, rows, n_q)  # (N,)
+        delta = tl.load(delta_ptr + rows, mask=rows < n_q, other=0.0)  # (N,)
+        dq = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        lo, full_lo, full_hi, hi = _key_ranges(start_q, shift, length, n_q, window, CAUSAL, HAS_WINDOW, BLOCK_N,
+                                               BLOCK_M)
+        args = (q, do, lse2, delta, k_ptr, v_ptr, rows[:, None] + shift)
+        rest = (length, window, qk_scale, offs_m, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, HAS_WINDOW)
+        dq = _bwd_q_tiles(dq, *args, lo, full_lo, *rest, True, BLOCK_M)
+        dq = _bwd_q_tiles(dq, *args, full_lo, full_hi, *rest, False, BLOCK_M)
+        dq = _bwd_q_tiles(dq, *args, full_hi, hi, *rest, True, BLOCK_M)
+        _store_tile(dq_ptr, dq * scale, rows, Tq, offs_d, HEAD_DIM)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -363,9 +497,17 @@ def _scalar_args(Tq: int, Tk: int, H: int, scale: float, window: int | None) -> 
     return Tq, Tk, H, scale, window or 0, triton.next_power_of_2(Tq), triton.next_power_of_2(Tk)
 
 
+def autotune_choices() -> dict[str, dict[str, str]]:
+    """The config each autotuned kernel chose so far, per tuning key: {kernel: {key: config}} (for the logs).
+    A kernel with a single config (interpreter, KERNELS_AUTOTUNE=0) never tunes: its key reads "single config"."""
+    return {kernel.fn.__name__: {"single config": str(kernel.configs[0])} if len(kernel.configs) == 1 else
+            {str(key): str(config) for key, config in kernel.cache.items()}
+            for kernel in (_attn_fwd_kernel, _attn_bwd_kernel)}
+
+
 class _FlashAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, causal, key_lengths, window, scale):
+    def forward(ctx, q, k, v, causal, key_lengths, window, scale, deterministic):
         B, H, Tq, D = q.shape
         Tk = k.shape[2]
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
@@ -379,7 +521,7 @@ class _FlashAttention(torch.autograd.Function):
             _attn_fwd_kernel[_grid_over(Tq, "BLOCK_M", B * H)](
                 q, k, v, o, lse, lengths, *scalars, **meta)
         ctx.save_for_backward(q, k, v, o, lse, lengths)
-        ctx.meta, ctx.scalars = meta, scalars
+        ctx.meta, ctx.scalars, ctx.deterministic = meta, scalars, deterministic
         ctx.mark_non_differentiable(lse)
         return o, lse
 
@@ -389,19 +531,20 @@ class _FlashAttention(torch.autograd.Function):
         B, H, Tq, D = q.shape
         Tk = k.shape[2]
         do = do.contiguous()
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dk, dv = torch.empty_like(k), torch.empty_like(v)
+        dq = torch.zeros(q.shape, device=q.device, dtype=torch.float32)  # atomics add into it
         delta = torch.empty_like(lse)  # (B, H, Tq) fp32, Δ_i = dO_i · O_i
         if q.numel():
             _attn_bwd_delta_kernel[(triton.cdiv(Tq, DELTA_BLOCK_M), B * H)](
                 o, do, delta, Tq, HEAD_DIM=D, BLOCK_D=ctx.meta["BLOCK_D"], BLOCK_M=DELTA_BLOCK_M)
-            _attn_bwd_dkdv_kernel[_grid_over(Tk, "BLOCK_N", B * H)](
-                q, k, v, do, lse, delta, dk, dv, lengths, *ctx.scalars, **ctx.meta)
-            _attn_bwd_dq_kernel[_grid_over(Tq, "BLOCK_M", B * H)](
-                q, k, v, do, lse, delta, dq, lengths, *ctx.scalars, **ctx.meta)
+            # deterministic: program i also owns query tile i; Tq <= Tk, so the key tiles cover the query tiles
+            _attn_bwd_kernel[_grid_over(Tk, "BLOCK_N", B * H)](
+                q, k, v, do, lse, delta, dq, dk, dv, lengths, *ctx.scalars, **ctx.meta,
+                ATOMIC_DQ=not ctx.deterministic)
         else:  # no queries: no gradient reaches k or v
             dk.zero_()
             dv.zero_()
-        return dq, dk, dv, None, None, None, None
+        return dq.to(q.dtype), dk, dv, None, None, None, None, None
 
 
 def _validate(q, k, v, key_lengths, window) -> None:
@@ -442,6 +585,7 @@ def flash_attention(
     window: int | None = None,
     scale: float | None = None,
     return_lse: bool = False,
+    deterministic: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Exact attention ``softmax(q kᵀ · scale + mask) v`` with the FlashAttention-2 algorithm; differentiable in
     q, k, v. Same result as ``kernels.reference.attention_reference`` (see its module docstring for the mask).
@@ -454,14 +598,21 @@ def flash_attention(
             Query rows at or past the length output zeros, have lse = -inf and get zero gradients.
         window: sliding window: keys at most ``window - 1`` positions to the left (and, when not causal, to the
             right); tiles outside it are skipped, so cost grows as T·window.
-        scale: score multiplier, default ``1/sqrt(D)``.
+        scale: score multiplier > 0, default ``1/sqrt(D)``.
         return_lse: also return the per-row log-sum-exp (no gradient flows through it).
+        deterministic: compute dQ without atomics (bitwise reproducible gradients, one more pass over q kᵀ and
+            dO vᵀ); by default dQ is summed in fp32 with atomic adds, whose order varies from run to run.
 
     Returns:
         o ``(B, H, Tq, D)`` in q's dtype, or ``(o, lse)`` with lse ``(B, H, Tq)`` fp32 (natural log, -inf on rows
         with no visible key).
+
+    Raises:
+        ValueError: on shapes, dtypes, devices, window, key_lengths or scale outside the above.
     """
     _validate(q, k, v, key_lengths, window)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    o, lse = _FlashAttention.apply(q, k, v, bool(causal), key_lengths, window, scale)
+    if not scale > 0:  # the kernels take the row max before scaling, which a negative scale would turn into a min
+        raise ValueError(f"scale must be > 0, got {scale}")
+    o, lse = _FlashAttention.apply(q, k, v, bool(causal), key_lengths, window, scale, bool(deterministic))
     return (o, lse) if return_lse else o

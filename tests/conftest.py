@@ -13,6 +13,8 @@ import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# FlexAttention through torch.compile takes ~30 s per shape on a CPU; its unfused eager path computes the same.
+os.environ.setdefault("CHARFORMER_FLEX_COMPILE", "0")
 
 
 @pytest.fixture
@@ -27,6 +29,7 @@ def tiny_segmenter(tmp_path_factory):
     files of tests/nasty, so its vocabulary holds astral characters, combining marks, odd spaces and control
     characters. Its segmentations are near arbitrary, which is what round-trip tests want."""
     import finetune  # imported here: only the tests that use this fixture need the training stack
+    from tests.helpers import TINY_MODEL
     from tests.nasty.make_nasty import SEGMENTED
 
     root = tmp_path_factory.mktemp("tiny_segmenter")
@@ -34,6 +37,6 @@ def tiny_segmenter(tmp_path_factory):
     train.write_text("".join(text.lstrip("\ufeff") + "\n" for text in SEGMENTED.values()), encoding="utf-8")
     out = root / "run"
     finetune.main(["--task", "cws", "--train", str(train), "--dev", str(train), "--test", str(train), "--init", "scratch",
-                   "--out", str(out), "--n-layers", "1", "--n-heads", "2", "--d-model", "32", "--block-size", "16",
+                   "--out", str(out), *TINY_MODEL, "--block-size", "16",
                    "--batch-size", "4", "--max-steps", "3", "--device", "cpu", "--log-interval", "1"])
     return out

@@ -14,14 +14,10 @@ import pytest
 
 import finetune
 from charformer.checkpoint import load_checkpoint
+from tests.helpers import train_losses
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-4  # nats: only the order of float summation differs between the two runs
-
-
-def _losses(out: Path) -> dict[int, float]:
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["train_loss"] for r in records if "train_loss" in r}
 
 
 def _two_ranks(script: str, args: list[str]) -> str:
@@ -36,7 +32,7 @@ def _two_ranks(script: str, args: list[str]) -> str:
 def _same_curve(one: Path, two: Path, steps: int) -> tuple[dict, dict]:
     """Assert that run `two` logged every step 1..steps with run `one`'s training loss (within TOLERANCE);
     returns the two runs' results.json."""
-    losses_one, losses_two = _losses(one), _losses(two)
+    losses_one, losses_two = train_losses(one), train_losses(two)
     assert sorted(losses_two) == list(range(1, steps + 1))
     for step in losses_one:
         assert losses_two[step] == pytest.approx(losses_one[step], abs=TOLERANCE), step

@@ -12,8 +12,9 @@ import pretrain
 from charformer import classify, segment, tag
 from charformer.errors import CharformerError
 from charformer.segment import format_words, join_words
+from tests.helpers import TINY_MODEL
 
-TINY = ["--n-layers", "1", "--n-heads", "2", "--d-model", "32", "--block-size", "16", "--batch-size", "8",
+TINY = [*TINY_MODEL, "--block-size", "16", "--batch-size", "8",
         "--device", "cpu", "--log-interval", "5", "--lr", "3e-3", "--eval-interval", "1000"]
 WORDS = ["中国", "人民", "站", "起来", "了", "我们", "北京", "天安门", "，", "。", "ABC", "１２３"]
 ENTITIES = [("张三", "NAME"), ("北京大学", "ORG"), ("经理", "TITLE"), ("男", "GENDER")]

@@ -20,11 +20,14 @@ from charformer.objectives import CausalLM
 from charformer.peft import METHODS, apply_method, load_adapted_checkpoint, read_adapter_meta
 from charformer.segment import format_words
 from charformer.tasks.jobs import TaskConfig, read_task_files
-from charformer.tasks.model import build_task_model, load_task_checkpoint, pretrained_config
-from charformer.tasks.objectives import ClassificationObjective, TaggingObjective, tag_texts
+from charformer.tasks.checkpoint import load_task_checkpoint, pretrained_config
+from charformer.tasks.model import build_task_model
+from charformer.tasks.objectives import ClassificationObjective, TaggingObjective
+from charformer.tasks.predict import tag_texts
 from charformer.tasks.schemes import spans_to_words
 from charformer.vocab import CharVocab
 from tests.test_finetune_cli import TINY, _cls_text, _cws_text
+from tests.helpers import train_losses
 
 MODEL = TINY[:10]  # the architecture and batch size of TINY, for pretraining the bases
 OLD, NEW = "我们在北京天安门中国人民站起来了", "山高水长风轻云淡"  # the LM's pretraining and new characters
@@ -205,11 +208,7 @@ def test_interrupted_run_resumes_on_the_same_curve(data, mlm_base, tmp_path, mon
             _finetune(data, "cws", tmp_path / "resumed", mlm_base, *args)
     assert _finetune(data, "cws", tmp_path / "resumed", mlm_base, *args, "--resume") == 0
 
-    def curve(out):
-        return {r["step"]: r["train_loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-                if "train_loss" in r}
-
-    assert curve(tmp_path / "resumed") == pytest.approx(curve(tmp_path / "straight"), abs=1e-6)
+    assert train_losses(tmp_path / "resumed") == pytest.approx(train_losses(tmp_path / "straight"), abs=1e-6)
     straight, resumed = _results(tmp_path / "straight"), _results(tmp_path / "resumed")
     assert resumed["test_after"] == straight["test_after"]
     if method == "adalora":  # the controller's importance scores came back too: the same layers kept

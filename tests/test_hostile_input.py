@@ -21,18 +21,19 @@ from charformer import classify, sample, segment, tag
 from charformer.data import read_corpus, read_text, split_lines
 from charformer.errors import CharformerError
 from charformer.segment import format_words, join_words
-from charformer.tasks.inference import read_lines
-from charformer.tasks.model import load_task_checkpoint
-from charformer.tasks.objectives import tag_texts
+from charformer.tasks.tool import read_lines
+from charformer.tasks.checkpoint import load_task_checkpoint
+from charformer.tasks.predict import tag_texts
 from charformer.tasks.readers import read_conll, read_cws, read_labeled
 from charformer.tasks.schemes import SCHEMES, spans_to_tags, spans_to_words
 from charformer.vocab import CharVocab
 from tests.nasty import make_nasty
+from tests.helpers import TINY_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 NASTY = ROOT / "tests" / "nasty"
 SEGMENTED = sorted(make_nasty.SEGMENTED)
-TINY = ["--n-layers", "1", "--n-heads", "2", "--d-model", "32", "--block-size", "16", "--batch-size", "4",
+TINY = [*TINY_MODEL, "--block-size", "16", "--batch-size", "4",
         "--device", "cpu", "--log-interval", "1", "--max-steps", "2"]
 
 
@@ -181,7 +182,7 @@ def task_models(tmp_path_factory, tiny_segmenter):
                            "--init", "scratch", "--out", str(root / task), *TINY])
     with contextlib.redirect_stdout(io.StringIO()):
         pretrain.main(["--data", *(nasty(n) for n in SEGMENTED), "--val", nasty("astral.txt"), "--out",
-                       str(root / "clm"), "--n-layers", "1", "--n-heads", "2", "--d-model", "32", "--block-size", "8",
+                       str(root / "clm"), *TINY_MODEL, "--block-size", "8",
                        "--device", "cpu", "--max-steps", "2"])
     return {"cws": tiny_segmenter, "ner": root / "ner", "classify": root / "classify", "clm": root / "clm"}
 

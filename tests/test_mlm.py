@@ -12,9 +12,10 @@ from charformer.data import IGNORE_INDEX, line_segments, packed_blocks, random_p
 from charformer.errors import CharformerError
 from charformer.objectives import MaskedLM, mask_for_mlm
 from charformer.vocab import MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, CharVocab
+from tests.helpers import TINY_MODEL
 
 N_SPECIAL = len(SPECIAL_TOKENS)
-TINY = ["--n-layers", "1", "--n-heads", "2", "--d-model", "32", "--batch-size", "4", "--device", "cpu",
+TINY = [*TINY_MODEL, "--batch-size", "4", "--device", "cpu",
         "--log-interval", "1", "--warmup-steps", "2", "--objective", "mlm"]
 
 

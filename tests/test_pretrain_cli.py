@@ -13,9 +13,11 @@ import pytest
 import pretrain
 from charformer import sample
 from charformer.errors import CharformerError
+from charformer.runlog import read_metrics
+from tests.helpers import TINY_MODEL, train_losses
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--n-layers", "1", "--n-heads", "2", "--d-model", "32", "--block-size", "16", "--batch-size", "4",
+TINY = [*TINY_MODEL, "--block-size", "16", "--batch-size", "4",
         "--device", "cpu", "--log-interval", "1", "--warmup-steps", "5"]
 
 
@@ -38,18 +40,12 @@ def test_pretrain_end_to_end_then_sample(tmp_path, corpus, capsys):
     assert results["val_loss"] < 3.5  # a uniform guess over ~40 characters is ln(47) = 3.85 nats
     assert (out / "curves.png").stat().st_size > 1000
     assert {p.name for p in (out / "last").iterdir()} >= {"model.safetensors", "config.json", "vocab.json", "trainer_state.json"}
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if "train_loss" in r] == list(range(1, 31))
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if "train_loss" in r] == list(range(1, 31))
 
     capsys.readouterr()
     assert sample.main(["--ckpt", str(out), "--prompt", "春眠", "--max-new-chars", "12", "--seed", "1", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("春眠") and len(printed.rstrip("\n")) >= 2
-
-
-def _train_losses(out: Path) -> dict[int, float]:
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["train_loss"] for r in records if "train_loss" in r}
 
 
 def test_killed_run_resumes_on_the_same_loss_curve(tmp_path, corpus):
@@ -66,11 +62,11 @@ def test_killed_run_resumes_on_the_same_loss_curve(tmp_path, corpus):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    step_at_kill = max(_train_losses(killed))
+    step_at_kill = max(train_losses(killed))
     assert step_at_kill < 400, "the run finished before it could be killed"
     subprocess.run([*cmd, "--out", str(killed), "--resume"], check=True, env=env, capture_output=True)
 
-    straight, resumed = _train_losses(tmp_path / "straight"), _train_losses(killed)
+    straight, resumed = train_losses(tmp_path / "straight"), train_losses(killed)
     assert sorted(resumed) == list(range(1, 401))
     for step in straight:
         assert resumed[step] == pytest.approx(straight[step], abs=1e-5), step

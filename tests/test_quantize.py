@@ -18,7 +18,7 @@ from charformer.generate import generate
 from charformer.peft.lora import add_lora
 from charformer.quantize import (fuse_for_inference, inference_device, int8_module_names, prepare_for_inference,
                                  quantize_int8)
-from charformer.tasks.model import load_task_checkpoint
+from charformer.tasks.checkpoint import load_task_checkpoint
 from charformer.vocab import CharVocab
 from tests.helpers import tiny_model
 from tests.nasty.make_nasty import SEGMENTED

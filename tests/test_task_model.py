@@ -8,9 +8,11 @@ from hypothesis import given, settings, strategies as st
 
 from charformer.errors import CharformerError
 from charformer.model import ModelConfig
-from charformer.tasks import objectives
-from charformer.tasks.model import build_task_model, freeze, load_task_checkpoint, save_task_checkpoint
-from charformer.tasks.objectives import BUCKET_BATCHES, TaggingObjective, chunk_batch, decode_groups, predict_tags
+from charformer.tasks import predict
+from charformer.tasks.checkpoint import load_task_checkpoint, save_task_checkpoint
+from charformer.tasks.model import build_task_model, freeze
+from charformer.tasks.objectives import BUCKET_BATCHES, TaggingObjective
+from charformer.tasks.predict import chunk_batch, decode_groups, predict_tags
 from charformer.tasks.readers import Sentence
 from charformer.tasks.schemes import tag_set
 from charformer.tasks.windows import clip_spans, plan_windows, training_pieces
@@ -77,7 +79,7 @@ def test_decoding_in_small_groups_gives_the_same_paths(monkeypatch):
     sentences = [torch.randint(7, 50, (n,), generator=g).tolist() for n in (5, 0, 17, 3, 40, 9, 3)]
     with torch.no_grad():
         together = predict_tags(model, sentences, batch_size=4, overlap=task["overlap"])
-        monkeypatch.setattr(objectives, "DECODE_POSITIONS", 12)  # groups of one or two sentences
+        monkeypatch.setattr(predict, "DECODE_POSITIONS", 12)  # groups of one or two sentences
         apart = predict_tags(model, sentences, batch_size=4, overlap=task["overlap"])
     assert apart == together and [len(p) for p in apart] == [len(s) for s in sentences]
 

@@ -16,7 +16,7 @@ from charformer.finetuning.rdrop import RDrop, symmetric_kl
 from charformer.errors import CharformerError
 from charformer.model import ModelConfig
 from charformer.tasks.model import build_task_model
-from charformer.tasks.objectives import chunk_batch
+from charformer.tasks.predict import chunk_batch
 from charformer.tasks.readers import Document, Sentence
 from charformer.tasks.schemes import spans_to_words
 from charformer.vocab import MASK_ID, CharVocab

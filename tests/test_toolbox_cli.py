@@ -16,8 +16,9 @@ from charformer.checkpoint import save_checkpoint
 from charformer.errors import CharformerError
 from charformer.finetuning.ensemble import ensemble_tag_paths
 from charformer.model import CharTransformer, ModelConfig
-from charformer.tasks.model import load_task_checkpoint
-from charformer.tasks.objectives import predict_tag_scores
+from charformer.tasks.checkpoint import load_task_checkpoint
+from charformer.tasks.predict import predict_tag_scores
+from charformer.tasks.segmenter import Segmenter
 from charformer.tasks.viterbi import viterbi
 from charformer.vocab import MASK_ID, CharVocab
 from tests.test_finetune_cli import TINY, _cls_text, _cws_text, _ner_text
@@ -225,3 +226,20 @@ def test_ensembles_average_the_members_probabilities(files, tmp_path, capsysbina
     assert [line.replace(" ", "") for line in out] == ["房间很干净", "中国人民站起来了"]
     with pytest.raises(CharformerError, match="a classify model; use python -m charformer.classify"):
         segment.main(["--ckpt", str(runs["cws", "1"]), "--ckpt", str(runs["classify", "1"]), str(texts)])
+
+    # a user dictionary constrains the ensemble's mean probabilities as it does one model's scores
+    words = tmp_path / "words.txt"
+    words.write_text("人民站起\n", encoding="utf-8")
+    segmenter = Segmenter.ensemble(members, user_dict=str(words))
+    bias = segmenter.bias(lines[0])
+    with torch.no_grad():
+        biased = ensemble_tag_paths(members, lines[:1], batch_size=4, overlap=4, bias=[bias])
+    expected = viterbi((mean[0].log() + bias)[None], torch.tensor([len(bias)]), head.start_scores, head.trans_scores,
+                       head.end_scores)
+    assert biased == expected
+    assert "人民站起" in segmenter.cut(lines[0])
+    capsysbinary.readouterr()
+    segment.main(["--ckpt", str(runs["cws", "1"]), "--ckpt", str(runs["cws", "2"]), "--user-dict", str(words),
+                  str(texts)])
+    out = capsysbinary.readouterr().out.decode().splitlines()
+    assert "人民站起" in out[1].split(" ") and out[1].replace(" ", "") == "中国人民站起来了"

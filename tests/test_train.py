@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from charformer.errors import CharformerError
-from charformer.train import TrainConfig, fit, lr_at, make_optimizer
-from tests.helpers import tiny_model
+from charformer.train import NoCheckpoints, TrainConfig, fit, lr_at, make_optimizer
+from tests.helpers import TINY_MODEL, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,13 +65,13 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path):
     model = tiny_model().train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = TrainConfig(max_steps=4, eval_interval=100, warmup_steps=1, max_bad_steps=2)
-    summary = fit(model, _NaNEvery({1, 2}), cfg, tmp_path / "a", lambda *a: None)
+    summary = fit(model, _NaNEvery({1, 2}), cfg, tmp_path / "a", NoCheckpoints())
     assert summary["skipped_steps"] == 2 and summary["steps"] == 4
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())  # the 2 good steps trained
 
     with pytest.raises(CharformerError, match="non-finite"):
-        fit(tiny_model().train(), _NaNEvery({1, 2, 3}), cfg, tmp_path / "b", lambda *a: None)
+        fit(tiny_model().train(), _NaNEvery({1, 2, 3}), cfg, tmp_path / "b", NoCheckpoints())
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
@@ -79,7 +79,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 100)
     out = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "pretrain.py"), "--data", str(corpus), "--out", str(out), "--max-steps", "100000",
-           "--eval-interval", "100000", "--n-layers", "1", "--d-model", "32", "--n-heads", "2", "--block-size", "16",
+           "--eval-interval", "100000", *TINY_MODEL, "--block-size", "16",
            "--batch-size", "2", "--log-interval", "1", "--device", "cpu"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})

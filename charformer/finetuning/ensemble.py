@@ -22,9 +22,9 @@ from typing import Sequence
 import torch
 
 from ..errors import CharformerError
-from ..tasks.objectives import classify_texts, decode_tag_scores, predict_tag_scores, predict_tags
+from ..tasks.predict import classify_texts, decode_tag_scores, predict_tag_scores, predict_tags
 
-Member = tuple  # (model, vocab, task description), as `charformer.tasks.inference.load_for` returns
+Member = tuple  # (model, vocab, task description), as `charformer.tasks.tool.load_for` returns
 
 
 def check_members(members: Sequence[Member], names: Sequence[str]) -> None:
@@ -53,13 +53,14 @@ def ensemble_label_probs(members: Sequence[Member], texts: Sequence[str], *, bat
 
 
 def ensemble_tag_paths(members: Sequence[Member], texts: Sequence[str], *, batch_size: int, overlap: int,
-                       progress: bool = False) -> list[list[int]]:
+                       progress: bool = False, bias: Sequence[torch.Tensor | None] | None = None) -> list[list[int]]:
     """Tag-index paths of `texts`: decoded from the members' mean per-character probabilities (one member: by
-    its own decoder, CRF included)."""
+    its own decoder, CRF included). `bias`, if given, holds per text None or an ``(n_i, K)`` score bias for the
+    decoder (`charformer.tasks.predict.decode_tag_scores`), e.g. a user dictionary's constraints."""
     if len(members) == 1:
         model, vocab, _ = members[0]
         return predict_tags(model, [vocab.encode_aligned(t) for t in texts], batch_size=batch_size, overlap=overlap,
-                            progress=progress)
+                            progress=progress, bias=bias)
     mean = None
     for model, vocab, _ in members:
         scores = predict_tag_scores(model, [vocab.encode_aligned(t) for t in texts], batch_size=batch_size,
@@ -67,4 +68,4 @@ def ensemble_tag_paths(members: Sequence[Member], texts: Sequence[str], *, batch
         probs = [s.softmax(-1) / len(members) for s in scores]
         mean = probs if mean is None else [a + b for a, b in zip(mean, probs)]
     # log of normalised probabilities: the softmax decoder's log_softmax leaves them as they are
-    return decode_tag_scores(members[0][0].head, [p.clamp_min(1e-30).log() for p in mean])
+    return decode_tag_scores(members[0][0].head, [p.clamp_min(1e-30).log() for p in mean], bias)

@@ -4,7 +4,8 @@
                  (two passes) (K+1 passes)                 (evaluates, and OUT/best saves, the averaged weights)
 
 Every method is a wrapper around the objective that `fit` trains (its ``loss``, or its ``evaluate``), a call
-after each optimizer step (the EMA), or a change of the data or the head made before training (augmentation in
+after each optimizer step (the EMA), a wrapper around the run's `Checkpointer` (the averaged weights saved as
+best), or a change of the data or the head made before training (augmentation in
 `charformer.tasks.jobs`, the cloze head here), so the training loop itself knows none of them. Each option
 left at its default (0, empty, "none") leaves the run exactly as without the toolbox.
 """
@@ -12,12 +13,13 @@ left at its default (0, empty, "none") leaves the run exactly as without the too
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
+from ..cli import option
 from ..data import encode_array, read_corpus
 from ..errors import CharformerError
 from ..peft.training import _Penalised
-from ..tasks.model import save_task_checkpoint
+from ..tasks.checkpoint import save_task_checkpoint
 from .adversarial import Adversarial
 from .averaging import EMA, Averaged, LastCheckpoints, swapped, trainable
 from .cloze import ClozeClassifier, ClozeHead, encode_pattern, read_verbalizers
@@ -25,29 +27,25 @@ from .ewc import EWCPenalty, fisher_diagonal, lm_batch_losses
 from .rdrop import RDrop
 
 
-def _option(default, text: str):
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass
 class ToolboxConfig:
     """Options of charformer/finetuning (0, empty or none: off)."""
 
-    adversarial: str = _option("none", "adversarial training on the character embeddings: none, fgm or pgd")
-    adv_eps: float = _option(1.0, "fgm, pgd: radius of the perturbation of a sequence's embeddings (L2 norm)")
-    adv_steps: int = _option(3, "pgd: ascent steps")
-    adv_alpha: float = _option(0.0, "pgd: step size (0: 2.5 x eps / steps, as Madry et al.)")
-    rdrop: float = _option(0.0, "R-Drop: weight of the symmetric KL between two dropout passes (needs dropout)")
-    ema: float = _option(0.0, "evaluate and save an exponential moving average of the weights with this decay")
-    average_last: int = _option(0, "evaluate and save the mean of the weights at the last N evaluations")
-    augment: str = _option("", "augmentations added to the training set, comma-separated: classify delete, swap, "
+    adversarial: str = option("none", "adversarial training on the character embeddings: none, fgm or pgd")
+    adv_eps: float = option(1.0, "fgm, pgd: radius of the perturbation of a sequence's embeddings (L2 norm)")
+    adv_steps: int = option(3, "pgd: ascent steps")
+    adv_alpha: float = option(0.0, "pgd: step size (0: 2.5 x eps / steps, as Madry et al.)")
+    rdrop: float = option(0.0, "R-Drop: weight of the symmetric KL between two dropout passes (needs dropout)")
+    ema: float = option(0.0, "evaluate and save an exponential moving average of the weights with this decay")
+    average_last: int = option(0, "evaluate and save the mean of the weights at the last N evaluations")
+    augment: str = option("", "augmentations added to the training set, comma-separated: classify delete, swap, "
                            "insert, mix; ner entity; cws concat, split")
-    ewc: float = _option(0.0, "EWC: lambda of the penalty lambda/2 x sum F (theta - theta*)^2 (needs --ewc-data)")
-    ewc_data: str = _option("", "EWC: text of the earlier task, for its Fisher information (lm: the original "
+    ewc: float = option(0.0, "EWC: lambda of the penalty lambda/2 x sum F (theta - theta*)^2 (needs --ewc-data)")
+    ewc_data: str = option("", "EWC: text of the earlier task, for its Fisher information (lm: the original "
                             "corpus; cws, ner, classify: pretraining text of the body)")
-    ewc_batches: int = _option(20, "EWC: batches of --ewc-data that estimate the Fisher information")
-    pattern: str = _option("", "--method cloze: the text's frame, one {text} and one [MASK], e.g. {text}总之很[MASK]。")
-    verbalizers: str = _option("", "--method cloze: file of LABEL<TAB>VERBALISER lines, one per label")
+    ewc_batches: int = option(20, "EWC: batches of --ewc-data that estimate the Fisher information")
+    pattern: str = option("", "--method cloze: the text's frame, one {text} and one [MASK], e.g. {text}总之很[MASK]。")
+    verbalizers: str = option("", "--method cloze: file of LABEL<TAB>VERBALISER lines, one per label")
 
     def __post_init__(self):
         if self.adversarial not in ("none", "fgm", "pgd"):
@@ -64,18 +62,19 @@ class ToolboxConfig:
             raise ValueError("--ewc LAMBDA and --ewc-data FILE go together")
 
 
-def take_cloze(args) -> bool:
-    """Whether ``--method cloze`` was asked. It trains every weight, so for the method machinery
-    (`charformer.peft.training`) it is ``full``, which this puts in its place in `args`. Raises
-    CharformerError when --pattern or --verbalizers come without it, or it without them."""
-    cloze = getattr(args, "method", None) == "cloze"
-    given = bool(getattr(args, "pattern", None)) + bool(getattr(args, "verbalizers", None))
-    if cloze and given < 2:
+def take_cloze(given: dict) -> bool:
+    """Whether ``--method cloze`` was asked (`given`: the options given, `charformer.cli.parse_with_config`).
+    It trains every weight, so for the method machinery (`charformer.peft.training`) it is ``full``, which this
+    puts in its place in `given`. Raises CharformerError when --pattern or --verbalizers come without it, or it
+    without them."""
+    cloze = given.get("method") == "cloze"
+    n_given = bool(given.get("pattern")) + bool(given.get("verbalizers"))
+    if cloze and n_given < 2:
         raise CharformerError("--method cloze needs --pattern TEXT and --verbalizers FILE")
-    if given and not cloze:
+    if n_given and not cloze:
         raise CharformerError("--pattern and --verbalizers are for --method cloze")
     if cloze:
-        args.method = "full"
+        given["method"] = "full"
     return cloze
 
 
@@ -106,7 +105,8 @@ def cloze_job(job, cfg: ToolboxConfig, task: str):
 class Toolbox:
     """The methods of `cfg` set up on `job` (after the fine-tuning method has been applied, so that they see
     which parameters train): wrap the objective with `objective`, chain `after_step` after the method's own,
-    wrap the checkpoint writer with `wrap_save`, checkpoint `state_tensors` with OUT/last and `restore` them."""
+    wrap the run's Checkpointer with `checkpoints` (which keeps the averager's state in OUT/last) and `restore`
+    that state."""
 
     def __init__(self, job, cfg: ToolboxConfig, *, batch_size: int, seed: int, fsdp: bool):
         self.cfg, self.model, self.body = cfg, job.model, job.body
@@ -158,25 +158,31 @@ class Toolbox:
 
         return both
 
-    def wrap_save(self, save):
-        """`save` for `fit`, writing OUT/best with the averaged weights (the ones just evaluated) and OUT/last
-        with the averager's state beside the raw weights."""
-        if self.averager is None:
-            return save
-
-        def saving(path, trainer_state, trainer_tensors, weights):
-            if trainer_state is None:
-                with swapped(self.averager.params, self.averager.weights()):
-                    save(path, None, None, weights)
-            else:
-                save(path, trainer_state, {**trainer_tensors, **self.averager.state_tensors()}, weights)
-
-        return saving
+    def checkpoints(self, checkpoints):
+        """`checkpoints` (a `charformer.train.Checkpointer`) writing OUT/best with the averaged weights (the ones
+        just evaluated) and OUT/last with the averager's state beside the raw weights."""
+        return checkpoints if self.averager is None else _AveragedCheckpoints(checkpoints, self.averager)
 
     def restore(self, trainer_tensors: dict) -> None:
+        """Take the averager's state back from OUT/last's trainer tensors (--resume)."""
         if self.averager is not None:
             self.averager.load_state_tensors(trainer_tensors)
 
     def summary(self) -> dict:
         """results.json: every toolbox option, as used."""
         return {"toolbox": asdict(self.cfg)}
+
+
+@dataclass
+class _AveragedCheckpoints:
+    """`Toolbox.checkpoints`: a `Checkpointer` around another that saves the averaged weights as best."""
+
+    inner: object  # the run's own Checkpointer
+    averager: EMA | LastCheckpoints
+
+    def save_last(self, path, trainer_state, trainer_tensors, weights) -> None:
+        self.inner.save_last(path, trainer_state, {**trainer_tensors, **self.averager.state_tensors()}, weights)
+
+    def save_best(self, path, weights) -> None:
+        with swapped(self.averager.params, self.averager.weights()):
+            self.inner.save_best(path, weights)

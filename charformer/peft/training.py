@@ -17,13 +17,14 @@ place, so it costs its disk space once per run.
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Iterable
 
 import torch
 import torch.nn as nn
 
+from ..cli import option
 from ..errors import CharformerError
 from .adalora import AdaLoRAController, SVDUpdate
 from .common import METHODS, apply_method, base_fingerprint, save_adapter, trainable_parameters
@@ -33,7 +34,7 @@ DEFAULT_TARGETS = {"lora": "query,value", "adalora": "all"}  # Hu et al. 2021; Z
 
 
 def _option(default, text: str, methods: tuple[str, ...] = ()):
-    return field(default=default, metadata={"help": text, "methods": methods})
+    return option(default, text, methods=methods)
 
 
 @dataclass
@@ -67,12 +68,13 @@ class MethodConfig:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
 
 
-def check_options_apply(args: argparse.Namespace, method: str) -> None:
-    """Refuse method options given (not None in `args`) that `method` does not use, e.g. --lora-r with
-    --method adapter: silently ignoring them would make a run look like something it was not."""
+def check_options_apply(given: Iterable[str], method: str) -> None:
+    """Refuse method options `given` (field names of `MethodConfig` set on the command line or in the config
+    file) that `method` does not use, e.g. --lora-r with --method adapter: silently ignoring them would make a
+    run look like something it was not."""
+    given = set(given)
     stray = [f"--{f.name.replace('_', '-')}" for f in fields(MethodConfig)
-             if f.metadata["methods"] and method not in f.metadata["methods"]
-             and getattr(args, f.name, None) is not None]
+             if f.metadata["methods"] and method not in f.metadata["methods"] and f.name in given]
     if stray:
         raise CharformerError(f"{', '.join(stray)}: not used by --method {method}")
 

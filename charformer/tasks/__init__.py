@@ -10,9 +10,10 @@ text into one vector. Modules, in reading order:
 * `metrics`: SIGHAN word P/R/F1 with OOV/IV recall, entity-level P/R/F1, accuracy / macro-F1 / confusion.
 * `viterbi`, `crf`: decoding constrained to valid tag sequences; an optional linear-chain CRF.
 * `windows`: sentences longer than the model's block, cut into overlapping windows and stitched.
-* `heads`: the task heads, and `model`: body + head, freezing, task checkpoints.
-* `objectives`: what `charformer.train.fit` needs for each task (batches, loss, dev evaluation), and the
-  batched prediction shared with the command-line tools `charformer.segment`, `.tag` and `.classify`.
-* `inference`: what those tools share (options, exact line I/O).
+* `heads`: the task heads; `model`: body + head, freezing; `checkpoint`: task checkpoints as files.
+* `predict`: batched prediction, shared by the dev evaluation and the command-line tools `charformer.segment`,
+  `.tag` and `.classify`.
+* `objectives`: what `charformer.train.fit` needs for each task (batches, loss, dev evaluation).
+* `tool`: what those command-line tools share (options, loading, exact line I/O).
 * `jobs`: what each task (and continued language-model training, ``lm``) brings to a run of finetune.py.
 """

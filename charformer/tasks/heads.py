@@ -68,11 +68,23 @@ class TokenTaggingHead(nn.Module):
         targets = tags.masked_fill(~real, IGNORE_INDEX)
         return F.cross_entropy(scores.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum") / n_real
 
-    def decode(self, scores: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
-        """Best valid tag-index path of each sequence."""
+    def decode(self, scores: torch.Tensor, lengths: torch.Tensor, bias: torch.Tensor | None = None) -> list[list[int]]:
+        """Best valid tag-index path of each sequence. `bias` ``(B, T, K)``, if given, is added to the scores the
+        path is chosen by (the CRF's emissions, or the softmax tagger's log-probabilities): -inf removes a tag
+        from the lattice (`charformer.tasks.constraints`)."""
+        emissions = scores if self.crf is not None else scores.log_softmax(-1)
+        if bias is not None:
+            emissions = emissions + bias
         if self.crf is not None:
-            return self.crf.decode(scores, lengths)
-        return viterbi(scores.log_softmax(-1), lengths, self.start_scores, self.trans_scores, self.end_scores)
+            return self.crf.decode(emissions, lengths)
+        return viterbi(emissions, lengths, self.start_scores, self.trans_scores, self.end_scores)
+
+
+def check_pooling(pooling: str) -> None:
+    """Raise ValueError unless `pooling` is ``"mean"`` (over a text's characters) or ``"cls"`` (its [CLS]
+    position)."""
+    if pooling not in ("mean", "cls"):
+        raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
 
 
 class SequenceClassificationHead(nn.Module):
@@ -81,8 +93,7 @@ class SequenceClassificationHead(nn.Module):
 
     def __init__(self, d_model: int, labels: list[str], *, pooling: str = "mean", dropout: float = 0.1):
         super().__init__()
-        if pooling not in ("mean", "cls"):
-            raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+        check_pooling(pooling)
         self.labels, self.pooling = list(labels), pooling
         self.dropout = nn.Dropout(dropout)
         self.proj = _linear(d_model, len(labels))

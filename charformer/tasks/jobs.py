@@ -21,7 +21,6 @@ coverage of every text is reported.
 
 from __future__ import annotations
 
-import argparse
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,57 +30,51 @@ import torch
 import torch.nn as nn
 
 from ..checkpoint import load_weights, resolve, save_checkpoint
-from ..cli import build_dataclass
+from ..cli import option
 from ..data import encode_array, read_corpus
 from ..errors import CharformerError
-from ..finetuning.augment import augment
+from ..finetuning.augment import augment as augment_examples
 from ..model import CharTransformer, ModelConfig
 from ..objectives import CausalLM, lm_scores, sample_text
 from ..peft import load_adapted_checkpoint
+from ..peft.common import RUNTIME_FIELDS
 from ..train import TrainConfig
 from ..vocab import CharVocab
-from .model import build_task_model, load_task_checkpoint, pretrained_config, save_task_checkpoint
+from .checkpoint import load_task_checkpoint, pretrained_config, save_task_checkpoint
+from .heads import check_pooling
+from .model import build_task_model
 from .objectives import ClassificationObjective, TaggingObjective
 from .readers import TOKEN_FORMATS, read_conll, read_cws, read_labeled
 from .schemes import SCHEMES, detect_scheme, is_valid, spans_to_words, tag_set
-
-# Model options that do not change the weights' shapes or meaning, so they may differ from the --init checkpoint.
-FREE_MODEL_OPTIONS = ("dropout", "attn_impl")
-
-
-def _option(default, text: str):
-    return field(default=default, metadata={"help": text})
-
 
 @dataclass
 class TaskConfig:
     """How the task's files are read and what head is put on the encoder."""
 
-    sep: str = _option(" ", "cws: the word separator, literally or as U+XXXX (U+3000 for a corpus that uses it)")
-    scheme: str = _option("auto", "ner: BIO, BIOES, BMES, or auto (from the training file's tags)")
-    token_format: str = _option("auto", "ner: char, char+position (Weibo NER's '叔0', the position is dropped), or "
+    sep: str = option(" ", "cws: the word separator, literally or as U+XXXX (U+3000 for a corpus that uses it)")
+    scheme: str = option("auto", "ner: BIO, BIOES, BMES, or auto (from the training file's tags)")
+    token_format: str = option("auto", "ner: char, char+position (Weibo NER's '叔0', the position is dropped), or "
                                 "auto (from the file's first token)")
-    label_column: str = _option("label", "classify: the label column, a header name or 0-based index")
-    text_column: str = _option("auto", "classify: the text column, a header name or 0-based index, or auto (the "
+    label_column: str = option("label", "classify: the label column, a header name or 0-based index")
+    text_column: str = option("auto", "classify: the text column, a header name or 0-based index, or auto (the "
                                "other of two columns, else text_a, text, sentence, review, content)")
-    delimiter: str = _option("auto", "classify: tab, comma, or auto (comma for a .csv file, else tab)")
-    crf: bool = _option(False, "tagging: a linear-chain CRF output layer instead of per-character softmax")
-    pooling: str = _option("mean", "classify: a text's vector is the mean over its characters, or 'cls'")
-    freeze: str = _option("none", "with --method full, keep part of the body fixed: none, embeddings, bottom:N "
+    delimiter: str = option("auto", "classify: tab, comma, or auto (comma for a .csv file, else tab)")
+    crf: bool = option(False, "tagging: a linear-chain CRF output layer instead of per-character softmax")
+    pooling: str = option("mean", "classify: a text's vector is the mean over its characters, or 'cls'")
+    freeze: str = option("none", "with --method full, keep part of the body fixed: none, embeddings, bottom:N "
                           "(embeddings and the N lowest blocks); 'body' means --method freeze")
-    head_lr_scale: float = _option(10.0, "the head learns at lr x this")
-    head_dropout: float = _option(0.1, "dropout before the head's linear layer")
-    overlap: int | None = _option(None, "characters shared by consecutive windows of a sentence longer than a "
+    head_lr_scale: float = option(10.0, "the head learns at lr x this")
+    head_dropout: float = option(0.1, "dropout before the head's linear layer")
+    overlap: int | None = option(None, "characters shared by consecutive windows of a sentence longer than a "
                                   "block (None: block_size / 4)")
-    eval_batch_size: int = _option(64, "windows, texts or (lm) blocks per forward pass when evaluating")
+    eval_batch_size: int = option(64, "windows, texts or (lm) blocks per forward pass when evaluating")
 
     def __post_init__(self):
         if self.scheme != "auto" and self.scheme not in SCHEMES:
             raise ValueError(f"scheme must be auto or one of {SCHEMES}, got {self.scheme!r}")
         if self.token_format not in TOKEN_FORMATS:
             raise ValueError(f"token_format must be one of {TOKEN_FORMATS}, got {self.token_format!r}")
-        if self.pooling not in ("mean", "cls"):
-            raise ValueError(f"pooling must be 'mean' or 'cls', got {self.pooling!r}")
+        check_pooling(self.pooling)
         if self.head_lr_scale <= 0 or self.eval_batch_size < 1 or not 0 <= self.head_dropout < 1:
             raise ValueError("need head_lr_scale > 0, eval_batch_size >= 1 and 0 <= head_dropout < 1")
 
@@ -90,19 +83,31 @@ class TaskConfig:
 class LMConfig:
     """--task lm: what the forgetting is measured on, rehearsal, and the samples shown at each evaluation."""
 
-    original_val: str = _option("", "the base's pretraining validation text: its bits/char before and after "
+    original_val: str = option("", "the base's pretraining validation text: its bits/char before and after "
                                 "measure forgetting (empty: not measured)")
-    rehearsal_data: str = _option("", "text of the original corpus to rehearse (empty: no rehearsal)")
-    rehearsal_share: float = _option(0.25, "share of every batch drawn from --rehearsal-data")
-    eval_batches: int = _option(20, "batches of dev text per periodic evaluation (0: all of it)")
-    sample_prompt: str = _option("\n", "prompt of the sample printed at each evaluation")
-    sample_chars: int = _option(200, "characters sampled at each evaluation")
+    rehearsal_data: str = option("", "text of the original corpus to rehearse (empty: no rehearsal)")
+    rehearsal_share: float = option(0.25, "share of every batch drawn from --rehearsal-data")
+    eval_batches: int = option(20, "batches of dev text per periodic evaluation (0: all of it)")
+    sample_prompt: str = option("\n", "prompt of the sample printed at each evaluation")
+    sample_chars: int = option(200, "characters sampled at each evaluation")
 
     def __post_init__(self):
         if not 0 <= self.rehearsal_share < 1:
             raise ValueError(f"rehearsal_share must be in [0, 1), got {self.rehearsal_share}")
         if self.eval_batches < 0 or self.sample_chars < 0:
             raise ValueError("need eval_batches >= 0 and sample_chars >= 0")
+
+
+@dataclass
+class JobSpec:
+    """What a fine-tuning run starts from: the task, its files, and the model."""
+
+    task: str  # cws, ner, classify or lm
+    train: str
+    dev: str
+    test: str | None  # optional for lm
+    init: str  # a pretrained checkpoint directory, or "scratch"
+    model_options: dict[str, Any]  # the model options given; from a checkpoint only RUNTIME_FIELDS may change
 
 
 @dataclass
@@ -125,18 +130,21 @@ class Job:
     results: dict = field(default_factory=dict)  # more results.json entries
 
 
-def model_config(args: argparse.Namespace, init: str) -> tuple[ModelConfig, CharVocab | None]:
-    """The encoder's config (and, for a checkpoint, its vocabulary; None when building from scratch)."""
+def model_config(init: str, options: dict[str, Any]) -> tuple[ModelConfig, CharVocab | None]:
+    """The encoder's config (and, for a checkpoint, its vocabulary; None when building from scratch), from
+    the model `options` given. Raises CharformerError for options a checkpoint's architecture fixes."""
     if init == "scratch":
-        causal = False if args.causal is None else args.causal  # an encoder reads the whole sentence
-        return build_dataclass(ModelConfig, args, vocab_size=1, causal=causal), None
+        try:  # an encoder reads the whole sentence: bidirectional unless told otherwise
+            return ModelConfig(**{"causal": False, **options, "vocab_size": 1}), None
+        except (TypeError, ValueError) as e:
+            raise CharformerError(str(e)) from None
     cfg, vocab = pretrained_config(init)
-    fixed = {k: v for k, v in cfg.to_dict().items() if k not in FREE_MODEL_OPTIONS}
-    clashes = [f"--{k.replace('_', '-')} {getattr(args, k)} (checkpoint: {v})" for k, v in fixed.items()
-               if getattr(args, k, None) is not None and getattr(args, k) != v]
+    fixed = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_FIELDS}
+    clashes = [f"--{k.replace('_', '-')} {options[k]} (checkpoint: {v})" for k, v in fixed.items()
+               if k in options and options[k] != v]
     if clashes:
         raise CharformerError(f"the architecture comes from --init {init}; these options differ: {', '.join(clashes)}")
-    free = {k: getattr(args, k) for k in FREE_MODEL_OPTIONS if getattr(args, k) is not None}
+    free = {k: options[k] for k in RUNTIME_FIELDS if k in options}
     return ModelConfig.from_dict({**cfg.to_dict(), **free}), vocab
 
 
@@ -186,34 +194,36 @@ def describe_task(task: str, cfg: TaskConfig, data: dict[str, list], block_size:
             "overlap": overlap, **reading}
 
 
-def task_job(args: argparse.Namespace, cfg: TaskConfig, train_cfg: TrainConfig, train_examples: int | None) -> Job:
+def task_job(spec: JobSpec, cfg: TaskConfig, train_cfg: TrainConfig, train_examples: int | None,
+             augment: str = "") -> Job:
     """cws, ner or classify: read the files, build encoder + head (from --init or from scratch).
-    train_examples: train on a random subset of this many training examples (seeded by the training seed)."""
-    data = read_task_files(args.task, cfg, {"train": args.train, "dev": args.dev, "test": args.test})
+    train_examples: train on a random subset of this many training examples (seeded by the training seed).
+    augment: comma-separated augmentations added to that training set (`charformer.finetuning.augment`)."""
+    data = read_task_files(spec.task, cfg, {"train": spec.train, "dev": spec.dev, "test": spec.test})
     if train_examples is not None and train_examples < len(data["train"]):
         keep = sorted(random.Random(train_cfg.seed).sample(range(len(data["train"])), train_examples))
         data["train"] = [data["train"][i] for i in keep]
-    body_cfg, vocab = model_config(args, args.init)
+    body_cfg, vocab = model_config(spec.init, spec.model_options)
     if vocab is None:
         vocab = CharVocab.build(x.text for x in data["train"])
         body_cfg = ModelConfig.from_dict({**body_cfg.to_dict(), "vocab_size": len(vocab)})
-    task = describe_task(args.task, cfg, data, body_cfg.block_size)
+    task = describe_task(spec.task, cfg, data, body_cfg.block_size)
     augmented = {}
-    if getattr(args, "augment", None):  # label-preserving new examples (charformer.finetuning.augment)
-        data["train"], augmented = augment(args.task, data["train"], args.augment, train_cfg.seed)
+    if augment:  # label-preserving new examples (charformer.finetuning.augment)
+        data["train"], augmented = augment_examples(spec.task, data["train"], augment, train_cfg.seed)
     sizes = {"block_size": body_cfg.block_size, "batch_size": train_cfg.batch_size, "eval_batch_size": cfg.eval_batch_size}
-    if args.task == "classify":
+    if spec.task == "classify":
         objective = ClassificationObjective(task, data["train"], data["dev"], vocab, **sizes)
     else:
-        words = {w for s in data["train"] for w in spans_to_words(s.text, s.spans)} if args.task == "cws" else None
+        words = {w for s in data["train"] for w in spans_to_words(s.text, s.spans)} if spec.task == "cws" else None
         objective = TaggingObjective(task, data["train"], data["dev"], vocab, train_words=words, **sizes)
     for name, examples in data.items():
         text = "".join(x.text for x in examples)
-        print(f"{name}: {len(examples):,} {'texts' if args.task == 'classify' else 'sentences'}, {len(text):,} "
+        print(f"{name}: {len(examples):,} {'texts' if spec.task == 'classify' else 'sentences'}, {len(text):,} "
               f"characters, vocabulary coverage {vocab.coverage(text):.4%}")
     torch.manual_seed(train_cfg.seed)
     model = build_task_model(body_cfg, task)
-    base_dir = None if args.init == "scratch" else resolve(args.init)
+    base_dir = None if spec.init == "scratch" else resolve(spec.init)
     if base_dir is not None:
         load_weights(model.body, base_dir)
 
@@ -248,16 +258,16 @@ def _coverage(vocab: CharVocab, name: str, text: str) -> dict:
     return {"coverage": share, "unseen_distinct": len(unseen)}
 
 
-def lm_job(args: argparse.Namespace, cfg: LMConfig, train_cfg: TrainConfig, eval_batch_size: int) -> Job:
+def lm_job(spec: JobSpec, cfg: LMConfig, train_cfg: TrainConfig, eval_batch_size: int) -> Job:
     """Continue training the causal LM of --init on --train, evaluating on --dev (see the module docstring)."""
-    if args.init == "scratch":
+    if spec.init == "scratch":
         raise CharformerError("--task lm continues a pretrained causal LM: give --init DIR (pretrain.py --out); "
                               "pretrain.py trains one from scratch")
-    model_cfg, vocab = model_config(args, args.init)
+    model_cfg, vocab = model_config(spec.init, spec.model_options)
     if not model_cfg.causal:
-        raise CharformerError(f"--init {args.init}: a bidirectional (masked-LM) model; --task lm continues a causal "
+        raise CharformerError(f"--init {spec.init}: a bidirectional (masked-LM) model; --task lm continues a causal "
                               "one (pretrain.py --objective clm)")
-    paths = {"train": args.train, "dev": args.dev, "test": args.test, "original": cfg.original_val,
+    paths = {"train": spec.train, "dev": spec.dev, "test": spec.test, "original": cfg.original_val,
              "rehearsal": cfg.rehearsal_data}
     texts = {name: read_corpus([path]) for name, path in paths.items() if path}
     coverage = {name: _coverage(vocab, name, text) for name, text in texts.items()}
@@ -273,7 +283,7 @@ def lm_job(args: argparse.Namespace, cfg: LMConfig, train_cfg: TrainConfig, eval
                          rehearsal_tokens=tokens.get("rehearsal"), rehearsal_share=cfg.rehearsal_share)
     torch.manual_seed(train_cfg.seed)
     model = CharTransformer(model_cfg)
-    base_dir = resolve(args.init)
+    base_dir = resolve(spec.init)
     load_weights(model, base_dir)
     scored = [name for name in ("dev", "test", "original") if name in tokens]
 

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass, fields
+from typing import Any
 
 from ..data import decode_utf8, read_text, split_lines
 from ..errors import CharformerError
 from ..heap import retain_freed_memory
 from ..quantize import inference_device, prepare_for_inference
 from ..finetuning.ensemble import check_members
-from .model import load_task_checkpoint
+from .checkpoint import load_task_checkpoint
+from .streaming import WINDOW_CHARS
 
 TOOLS = {"cws": "charformer.segment", "ner": "charformer.tag", "classify": "charformer.classify"}
 PROGRESS_MIN_LINES = 1000  # show a progress bar (stderr) from this many input lines on
@@ -37,21 +40,43 @@ def base_parser(doc: str) -> argparse.ArgumentParser:
                    "checkpoint, if not where adapter.json says")
     p.add_argument("file", nargs="?", help="input file (default: stdin)")
     p.add_argument("--batch-size", type=int, default=64, help="windows or texts per forward pass")
+    p.add_argument("--window-chars", type=int, default=WINDOW_CHARS, help="input read, predicted and written in "
+                   f"windows of about this many characters (charformer.tasks.streaming; default {WINDOW_CHARS})")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--int8", action="store_true", help="int8 weights in the transformer's linear layers: faster CPU "
                    "inference, scores within about 0.05 (charformer.quantize; implies the CPU)")
     return p
 
 
-def load_for(args: argparse.Namespace, task: str) -> list[tuple]:
+@dataclass
+class ToolArgs:
+    """The options every prediction tool has (`base_parser`)."""
+
+    ckpt: list[str]  # one checkpoint, or several: an ensemble (charformer.finetuning.ensemble)
+    base: str | None
+    file: str | None  # None: stdin
+    batch_size: int
+    window_chars: int  # characters read, predicted and written per window (charformer.tasks.streaming)
+    device: str
+    int8: bool
+
+
+def parse_tool_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[ToolArgs, dict[str, Any]]:
+    """Parse a tool's command line (`base_parser` and the tool's own options): the shared options, and the
+    tool's own by name."""
+    parsed = vars(parser.parse_args(argv))
+    return ToolArgs(**{f.name: parsed.pop(f.name) for f in fields(ToolArgs)}), parsed
+
+
+def load_for(args: ToolArgs, task: str) -> list[tuple]:
     """The task models of ``args.ckpt`` (one or more: an ensemble) on ``args.device``, ready for inference
-    (`prepare_for_inference`), each with its vocabulary and task description; also sets this process's malloc
+    (`prepare_for_inference`), each as ``(model, vocab, task description)``; also sets this process's malloc
     for inference (`charformer.heap.retain_freed_memory`). Raises CharformerError if a checkpoint is for another
-    task (naming the tool to use), or the checkpoints cannot form an ensemble."""
+    task (naming the tool to use), or the checkpoints cannot form an ensemble (`check_members`)."""
+    if args.batch_size < 1 or args.window_chars < 1:
+        raise CharformerError(f"--batch-size and --window-chars must be >= 1, got {args.batch_size}, {args.window_chars}")
     device = inference_device(args.device, args.int8)
     retain_freed_memory()
-    if args.batch_size < 1:
-        raise CharformerError(f"--batch-size must be >= 1, got {args.batch_size}")
     members = []
     for path in args.ckpt:
         model, vocab, meta = load_task_checkpoint(path, device=device, base=args.base)

@@ -1,0 +1,5 @@
+"""``python -m charformer``: the ``charformer`` command (`charformer.command`)."""
+
+from .command import main
+
+main()

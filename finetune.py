@@ -9,6 +9,8 @@ method.
         --test resume/test.char.bmes --init scratch --n-layers 4 --n-heads 4 --d-model 192 --block-size 128 --crf
     python finetune.py --task classify --train chnsenticorp/train.tsv --dev chnsenticorp/dev.tsv \\
         --test chnsenticorp/test.tsv --init out/mlm --out out/senti --max-steps 2000 --method adapter
+    python finetune.py --task classify ... --init out/mlm --out out/senti_cloze --train-examples 64 \\
+        --method cloze --pattern '{text}总之很[MASK]。' --verbalizers labels.tsv --ema 0.99 --adversarial fgm
     python finetune.py --task lm --init out/xiyouji_lm --train new.txt --dev new_dev.txt --test new_test.txt \\
         --original-val xiyouji_val.txt --rehearsal-data xiyouji_train.txt --rehearsal-share 0.25 --out out/lm_new
 
@@ -29,6 +31,14 @@ AdamW, warmup then decay, early stopping on the dev metric (--patience), the bod
 --lr x --head-lr-scale. Length: --max-steps N, or --epochs N (N x training pieces / batch size, rounded up;
 default 3 epochs); unless given, --warmup-steps is 10% of the steps and --eval-interval one epoch.
 
+Toolbox (charformer/finetuning, each method in its own module with its paper): --adversarial fgm|pgd
+(--adv-eps, --adv-steps) perturbs the character embeddings; --rdrop ALPHA penalises disagreement between two
+dropout passes; --ema DECAY or --average-last N evaluate and save averaged weights; --augment NAME[,NAME] adds
+label-preserving new examples to the training set; --ewc LAMBDA --ewc-data FILE holds the weights that the
+earlier task's (or pretraining's) likelihood depends on; --method cloze --pattern TEXT --verbalizers FILE
+classifies through the masked-LM head (PET), for few-shot training. Continued pretraining on in-domain text
+before fine-tuning: pretrain.py --init DIR. Zero-shot: charformer zeroshot.
+
 Outputs in OUT: best/ (the best dev score), last/ (for --resume: the whole model, optimizer, RNGs and AdaLoRA's
 state), metrics.jsonl, curves.png, results.json. With --method full, best/ is a complete checkpoint; with any
 other method it is an adapter (adapter.json + adapter.safetensors: the trained tensors and the head, bound to
@@ -40,8 +50,9 @@ OUT/results.json: test_before and test_after (the test set scored with the model
 fine-tuning) -- cws: f1, precision, recall, oov_recall, iv_recall (SIGHAN word scoring); ner: f1, precision,
 recall and per_type; classify: accuracy, macro_f1, per_class_f1, confusion; lm: loss (nats/char), bpc, chars,
 and also dev_before/after, original_before/after, original_bpc_before/after, sample_before/after, coverage.
-Then method, method_options, trainable_params, total_params, trainable_share, adapter_bytes (what best/ takes
-on disk: for full the whole checkpoint), dev_best_<metric>, steps, epochs, train_seconds, seconds_per_epoch,
+Then method (cloze for --method cloze), method_options, toolbox (every toolbox option), augmented_examples,
+trainable_params, total_params, trainable_share, adapter_bytes (what best/ takes on disk: for full the whole
+checkpoint), dev_best_<metric>, steps, epochs, train_seconds, seconds_per_epoch,
 peak_rss_mb (the peak resident memory of this process, from getrusage), wall_seconds.
 """
 
@@ -58,6 +69,7 @@ from charformer.checkpoint import load_trainer_state, read_meta
 from charformer.cli import add_dataclass_options, build_dataclass, given_fields, parse_with_config
 from charformer.distributed import DistInfo
 from charformer.errors import CharformerError, run_cli
+from charformer.finetuning.toolbox import Toolbox, ToolboxConfig, cloze_job, take_cloze
 from charformer.model import ModelConfig
 from charformer.peft import describe_trainable
 from charformer.peft.training import MethodConfig, Tuning, check_options_apply
@@ -79,6 +91,8 @@ class FinetuneArgs:
     epochs: float | None  # training length, unless --max-steps is given
     train_examples: int | None  # train on a random subset of this many examples
     method: MethodConfig
+    cloze: bool  # --method cloze: classification through the masked-LM head (method above: full)
+    toolbox: ToolboxConfig  # charformer/finetuning
     task_cfg: TaskConfig
     lm_cfg: LMConfig
     train: TrainConfig
@@ -100,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "sentences or texts, drawn with --seed (label-efficiency curves; not for lm)")
     add_run_options(p, model_group="model (--init scratch; with a checkpoint only dropout and attn_impl may change)")
     add_dataclass_options(p, MethodConfig, group="fine-tuning method")
+    add_dataclass_options(p, ToolboxConfig, group="fine-tuning toolbox (charformer/finetuning; --method cloze: "
+                                                   "classification through the masked-LM head)")
     add_dataclass_options(p, TaskConfig, group="task (cws, ner, classify)")
     add_dataclass_options(p, LMConfig, group="language model (--task lm)")
     add_dataclass_options(p, TrainConfig, group="training")
@@ -117,6 +133,8 @@ def parse_args(argv: list[str] | None) -> FinetuneArgs:
     if task not in ALL_TASKS:
         raise CharformerError(f"--task must be one of {ALL_TASKS}, got {task!r}")
     run = run_args(given)
+    cloze = take_cloze(given)  # before the method is chosen: cloze is full fine-tuning for it
+    toolbox = build_dataclass(ToolboxConfig, given)
     spec = JobSpec(task, given["train"], given["dev"], given.get("test"), given["init"],
                    given_fields(ModelConfig, given))
     task_cfg, train_cfg = build_dataclass(TaskConfig, given), build_dataclass(TrainConfig, given)
@@ -127,12 +145,13 @@ def parse_args(argv: list[str] | None) -> FinetuneArgs:
     if "max_steps" in given and "epochs" in given:
         raise CharformerError("give either --max-steps or --epochs, not both")
     examples = given.get("train_examples")
-    if task == "lm" and (examples is not None or ("rehearsal_share" in given and not given.get("rehearsal_data"))):
-        raise CharformerError("--train-examples is for cws, ner and classify; --rehearsal-share needs "
-                              "--rehearsal-data")
+    if task == "lm" and (examples is not None or ("rehearsal_share" in given and not given.get("rehearsal_data"))
+                         or toolbox.augment or cloze):
+        raise CharformerError("--train-examples and --augment are for cws, ner and classify, --method cloze for "
+                              "classify; --rehearsal-share needs --rehearsal-data")
     if examples is not None and examples < 1:
         raise CharformerError(f"--train-examples must be >= 1, got {examples}")
-    return FinetuneArgs(run, spec, given.get("epochs"), examples, method, task_cfg,
+    return FinetuneArgs(run, spec, given.get("epochs"), examples, method, cloze, toolbox, task_cfg,
                         build_dataclass(LMConfig, given), train_cfg, frozenset(given_fields(TrainConfig, given)))
 
 
@@ -176,7 +195,8 @@ def build_job(opts: FinetuneArgs, world_size: int) -> Job:
     job_cfg = replace(opts.train, batch_size=opts.train.batch_size * world_size)
     if opts.spec.task == "lm":
         return lm_job(opts.spec, opts.lm_cfg, job_cfg, opts.task_cfg.eval_batch_size)
-    return task_job(opts.spec, opts.task_cfg, job_cfg, opts.train_examples)
+    job = task_job(opts.spec, opts.task_cfg, job_cfg, opts.train_examples, augment=opts.toolbox.augment)
+    return cloze_job(job, opts.toolbox, opts.spec.task) if opts.cloze else job
 
 
 @dataclass
@@ -262,10 +282,15 @@ def main(argv: list[str] | None = None) -> int:
     # the outputs from the start; the task head is untrained either way).
     before = job.score(job.model) if dist_info.is_main else {}  # rank 0 alone scores and reports
     tuning = start_tuning(opts, job, cfg, device, dist_info)
+    toolbox = Toolbox(job, opts.toolbox, batch_size=opts.train.batch_size * dist_info.world_size,
+                      seed=cfg.seed, fsdp=cfg.fsdp)  # after the method: it sees which weights train
     out, task = opts.run.out, opts.spec.task
-    summary = train(opts.run, dist_info, job.model, tuning.objective(job.objective), cfg, Checkpoints(job, tuning),
-                    lr_scale=job.lr_scale, desc=f"finetune {task} {tuning.method} {out.name}",
-                    after_step=tuning.after_step)
+    if opts.run.resume:
+        toolbox.restore(load_trainer_state(out / "last")[1])
+    summary = train(opts.run, dist_info, job.model, toolbox.objective(tuning.objective(job.objective)), cfg,
+                    toolbox.checkpoints(Checkpoints(job, tuning)), lr_scale=job.lr_scale,
+                    desc=f"finetune {task} {tuning.method} {out.name}",
+                    after_step=toolbox.after_step(tuning.after_step))
     if summary is None:  # not rank 0
         return 0
     best = job.load_best(out / "best", device)
@@ -280,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
            for when, scores in (("before", before), ("after", after))},
         f"dev_best_{metric}": summary[f"best_{metric}"],
         **tuning.summary(job.model, best=out / "best", best_model=best),
+        **({"method": "cloze"} if opts.cloze else {}),
+        **toolbox.summary(),
         "freeze": opts.task_cfg.freeze,
         "train_seconds": summary["train_seconds"],
         "seconds_per_epoch": summary["train_seconds"] / epochs,

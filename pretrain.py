@@ -16,6 +16,16 @@ bits-per-character figure). ``--packing lines`` (mlm only) takes each line as a 
 whole lines into blocks separated by [SEP]; the default ``windows`` cuts blocks anywhere in the text.
 ``--data-format cws`` reads word-segmented files (one sentence per line, words separated by ASCII spaces) and
 drops the separators, so the training text of a segmentation corpus can be used for pretraining.
+
+``--init DIR`` continues pretraining a checkpoint on new text instead of starting from random weights: its
+architecture, vocabulary (characters it never saw read as [UNK]) and weights; only --dropout and --attn-impl
+may change, and the objective must be the one it was trained with. This is domain- and task-adaptive
+pretraining (Gururangan et al. 2020, "Don't Stop Pretraining"): more masked- or causal-LM training on
+unlabelled text of the domain, or on the raw text of the task's own training set (``--data-format cws`` for a
+segmented corpus), before fine-tuning the result with finetune.py.
+
+    python pretrain.py --init out/zh_mlm --objective mlm --data-format cws --data ctb6/train.txt \
+        --val ctb6/dev.txt --out out/zh_mlm_ctb6 --max-steps 2000 --lr 3e-4
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from charformer.checkpoint import load_checkpoint, read_meta, save_checkpoint
+from charformer.checkpoint import load_checkpoint, load_weights, read_meta, save_checkpoint
 from charformer.cli import add_dataclass_options, build_dataclass, given_fields, option, parse_with_config
 from charformer.data import collect_files, encode_array, line_segments, read_corpus, split_corpus
 from charformer.distributed import DistInfo
@@ -36,6 +46,7 @@ from charformer.objectives import CausalLM, MaskedLM, check_masking, sample_text
 from charformer.run import (RunArgs, add_run_options, describe_batch, run_args, start_processes, train,
                             write_results)
 from charformer.runlog import plot_curves, read_metrics
+from charformer.tasks.jobs import model_config as checkpoint_model_config
 from charformer.tasks.readers import read_cws
 from charformer.train import TrainConfig
 from charformer.vocab import CharVocab
@@ -82,8 +93,9 @@ class PretrainArgs:
     data: list[str]  # training text files or folders
     val: list[str] | None  # validation files, or None: hold out the end of `data`
     data_cfg: DataConfig
-    model: dict  # the model options given (the rest: ModelConfig's defaults)
+    model: dict  # the model options given (the rest: ModelConfig's defaults, or --init's config)
     train: TrainConfig
+    init: str | None  # continue pretraining this checkpoint (None: random weights)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "--data)")
     p.add_argument("--out", default=None, help="output directory: checkpoints, metrics.jsonl, curves.png, "
                    "results.json (default: out/pretrain)")
+    p.add_argument("--init", default=None, help="continue pretraining this checkpoint (pretrain.py --out) on --data: "
+                   "domain- or task-adaptive pretraining (default: random weights)")
     add_run_options(p, model_group="model")
     add_dataclass_options(p, DataConfig, group="data")
     add_dataclass_options(p, TrainConfig, group="training")
@@ -105,9 +119,12 @@ def parse_args(argv: list[str] | None) -> PretrainArgs:
     as_list = lambda v: [v] if isinstance(v, str) else v  # noqa: E731  (a config file may give one path)
     if not given.get("data"):
         raise CharformerError("no training text: give --data PATH (or 'data' in the config file)")
+    vocab_options = [f"--{k.replace('_', '-')}" for k in ("min_freq", "max_vocab", "coverage") if k in given]
+    if given.get("init") and vocab_options:
+        raise CharformerError(f"{', '.join(vocab_options)}: the vocabulary comes from --init {given['init']}")
     return PretrainArgs(run_args(given, "out/pretrain"), as_list(given["data"]), as_list(given.get("val")),
                         build_dataclass(DataConfig, given), given_fields(ModelConfig, given),
-                        build_dataclass(TrainConfig, given))
+                        build_dataclass(TrainConfig, given), given.get("init"))
 
 
 def read_texts(paths: list[str], data_format: str) -> str:
@@ -117,8 +134,9 @@ def read_texts(paths: list[str], data_format: str) -> str:
     return "".join(sentence.text + "\n" for f in collect_files(paths) for sentence in read_cws(f))
 
 
-def prepare_data(opts: PretrainArgs) -> tuple[CharVocab, str, str]:
-    """Read the corpus, build (or, when resuming, check) the vocabulary. Returns (vocab, train_text, val_text)."""
+def prepare_data(opts: PretrainArgs, vocab: CharVocab | None = None) -> tuple[CharVocab, str, str]:
+    """Read the corpus, build (or, when resuming, check) the vocabulary, unless `vocab` is given (--init).
+    Returns (vocab, train_text, val_text)."""
     cfg = opts.data_cfg
     text = read_texts(opts.data, cfg.data_format)
     if opts.val:
@@ -127,7 +145,8 @@ def prepare_data(opts: PretrainArgs) -> tuple[CharVocab, str, str]:
         train_text, val_text = split_corpus(text, cfg.val_fraction)
     if not train_text.strip():
         raise CharformerError(f"{', '.join(opts.data)}: the corpus is empty")
-    vocab = CharVocab.build([train_text], min_freq=cfg.min_freq, max_size=cfg.max_vocab, coverage=cfg.coverage)
+    if vocab is None:
+        vocab = CharVocab.build([train_text], min_freq=cfg.min_freq, max_size=cfg.max_vocab, coverage=cfg.coverage)
     if opts.run.resume and read_meta(opts.run.out / "last")[2] != vocab:
         raise CharformerError(
             f"{opts.run.out / 'last'}: its vocabulary differs from the one this training text gives: "
@@ -149,10 +168,26 @@ def model_config(opts: PretrainArgs, vocab_size: int) -> ModelConfig:
         cfg = ModelConfig(**{**opts.model, "vocab_size": vocab_size, "causal": not mlm})
     except (TypeError, ValueError) as e:
         raise CharformerError(str(e)) from None
+    check_resume_config(opts, cfg)
+    return cfg
+
+
+def init_config(opts: PretrainArgs) -> tuple[ModelConfig, CharVocab]:
+    """The model config and vocabulary of the --init checkpoint (with --dropout or --attn-impl if given).
+    Raises CharformerError for options that would change its architecture, or another objective than its own."""
+    cfg, vocab = checkpoint_model_config(opts.init, opts.model)
+    if cfg.causal == (opts.data_cfg.objective == "mlm"):
+        raise CharformerError(f"--init {opts.init} is a {'causal' if cfg.causal else 'bidirectional'} model: "
+                              f"continue it with --objective {'clm' if cfg.causal else 'mlm'}")
+    check_resume_config(opts, cfg)
+    return cfg, vocab
+
+
+def check_resume_config(opts: PretrainArgs, cfg: ModelConfig) -> None:
+    """When resuming, raise CharformerError unless `cfg` is the config of the checkpoint in --out."""
     if opts.run.resume and read_meta(opts.run.out / "last")[1] != cfg:
         raise CharformerError(f"{opts.run.out / 'last'}: the model options differ from the checkpoint's; resume "
                               "with the same config")
-    return cfg
 
 
 def make_objective(data_cfg: DataConfig, vocab: CharVocab, train_text: str, val_text: str, block_size: int,
@@ -207,6 +242,7 @@ def finish(opts: PretrainArgs, objective, vocab: CharVocab, summary: dict, devic
                                           seed=opts.train.seed)
     results = {
         "objective": opts.data_cfg.objective,
+        "init": opts.init,  # the checkpoint pretraining continued from (None: random weights)
         "val_loss": final["loss"],  # nats per character (mlm: per masked character)
         "val_bpc": final.get("bpc"),  # null for mlm
         **({"val_mlm_accuracy": final["accuracy"]} if mlm else {}),
@@ -236,11 +272,18 @@ def finish(opts: PretrainArgs, objective, vocab: CharVocab, summary: dict, devic
 def main(argv: list[str] | None = None) -> int:
     t_start = time.time()
     opts = parse_args(argv)
-    vocab, train_text, val_text = prepare_data(opts)
-    model_cfg = model_config(opts, len(vocab))
+    if opts.init:
+        model_cfg, init_vocab = init_config(opts)
+        vocab, train_text, val_text = prepare_data(opts, init_vocab)
+    else:
+        vocab, train_text, val_text = prepare_data(opts)
+        model_cfg = model_config(opts, len(vocab))
     device, dist_info = start_processes(opts.train)
     torch.manual_seed(opts.train.seed)
-    model = CharTransformer(model_cfg).to(device)
+    model = CharTransformer(model_cfg)
+    if opts.init and not opts.run.resume:  # resuming reads OUT/last instead
+        load_weights(model, opts.init)
+    model.to(device)
     print(describe_batch(opts.train, dist_info, f"sequences of {model_cfg.block_size} characters"))
     print(f"model: {model.num_params() / 1e6:.2f}M parameters, {model_cfg.n_layers} layers x {model_cfg.n_heads} "
           f"heads x d_model {model_cfg.d_model}, block {model_cfg.block_size}, "
@@ -248,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     # a global batch; each rank takes a slice
     objective = make_objective(opts.data_cfg, vocab, train_text, val_text, model_cfg.block_size,
                                opts.train.batch_size * dist_info.world_size)
-    extra = {"objective": opts.data_cfg.objective, "data": asdict(opts.data_cfg), "world_size": dist_info.world_size,
+    extra = {"objective": opts.data_cfg.objective, "init": opts.init, "data": asdict(opts.data_cfg), "world_size": dist_info.world_size,
              "effective_batch": opts.train.batch_size * dist_info.world_size * opts.train.grad_accum}
     summary = train(opts.run, dist_info, model, objective, opts.train, Checkpoints(model, model_cfg, vocab, extra),
                     desc=f"pretrain {opts.run.out.name}")

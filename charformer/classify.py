@@ -8,7 +8,8 @@ the text and its line ending (LF, CRLF or CR) unchanged, so the output is the TS
 on. A TAB inside a text is kept too, so split a row at its first one (two with ``--probs``) only. Empty lines
 pass through empty; a leading byte-order mark is dropped (`charformer.data`). Texts longer than the model's
 block are read whole, in chunks. The input is streamed (`charformer.tasks.streaming`): output is written a
-window of lines at a time, in input order.
+window of lines at a time, in input order. ``--ckpt`` given more than once: an ensemble, the mean of the
+checkpoints' label probabilities (`charformer.finetuning.ensemble`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from .errors import run_cli
-from .tasks.predict import classify_texts
+from .finetuning.ensemble import ensemble_label_probs
 from .tasks.streaming import read_windows
 from .tasks.tool import base_parser, load_for, parse_tool_args, show_progress, write
 
@@ -25,16 +26,17 @@ def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__)
     p.add_argument("--probs", action="store_true", help="add the probability of the predicted label")
     args, own = parse_tool_args(p, argv)
-    model, vocab, _ = load_for(args, "classify")
+    members = load_for(args, "classify")
+    labels = members[0][2]["labels"]
     for lines in read_windows(args.file, args.window_chars):
         filled = [i for i, (text, _) in enumerate(lines) if text]
         with torch.inference_mode():
-            probs = classify_texts(model, vocab, [lines[i][0] for i in filled], batch_size=args.batch_size,
-                                   progress=show_progress(lines))
+            probs = ensemble_label_probs(members, [lines[i][0] for i in filled], batch_size=args.batch_size,
+                                         progress=show_progress(lines))
         out = [ending for _, ending in lines]  # empty lines stay empty
         for i, row in zip(filled, probs):
             text, ending = lines[i]
-            label = model.head.labels[int(row.argmax())]
+            label = labels[int(row.argmax())]
             out[i] = f"{label}\t{float(row.max()):.4f}\t{text}{ending}" if own["probs"] else f"{label}\t{text}{ending}"
         write("".join(out))
     return 0

@@ -29,6 +29,7 @@ COMMANDS = {
     "classify": ("charformer.classify", "classify texts with a classify checkpoint"),
     "serve": ("charformer.serve.__main__", "serve a model (and its adapters) over HTTP: segment, tag, classify, generate"),
     "prune": ("charformer.prune", "drop a tagger's least important layers, recover, report size/speed/F1"),
+    "zeroshot": ("charformer.zeroshot", "classify texts with no labelled example: a pattern through a masked LM"),
     "bench": (None, "run a benchmark: charformer bench NAME [options]"),
 }
 BENCHMARKS = {
@@ -43,6 +44,7 @@ BENCHMARKS = {
     "user_dict": "user-dictionary matching and lattice constraints on a 100,000-word dictionary",
     "protect_vs_gold": "how often each corpus's gold standard cuts inside a protected run (numbers, Latin, URLs)",
     "stream_memory": "peak memory of the streaming segmenter on 4 MB vs 40 MB of input",
+    "toolbox": "few-shot classification: a head against cloze (PET) from a task-adaptively pretrained masked LM",
 }
 
 

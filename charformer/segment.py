@@ -8,6 +8,8 @@ each line's ending (LF, CRLF or a lone CR) pass through, and no character is dro
 forms, Latin, digits, punctuation, U+3000 and other spaces, characters outside the BMP, combining marks and
 control characters come out as they went in. A byte-order mark at the start of the input is not text and is
 not written back (`charformer.data`). Lines longer than the model's block are read in overlapping windows.
+``--ckpt`` given more than once: an ensemble, decoding the mean of the checkpoints' per-character tag
+probabilities (`charformer.finetuning.ensemble`) under the same constraints as one model.
 
 An ASCII space inside an input line cannot be told from a separator, so it is written as a word of its own:
 "a b" (a, space, b) comes out as "a", " ", "b" joined by separators, i.e. "a   b". The output is therefore
@@ -80,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as e:
                 raise CharformerError(f"{args.file or '<stdin>'}:{n}: {e}") from None
         return 0
-    model, vocab, task = load_for(args, "cws")
-    segmenter = Segmenter(model, vocab, overlap=task["overlap"], user_dict=own["user_dict"], dict_mode=own["dict_mode"],
-                          dict_bonus=own["dict_bonus"], protect=not own["no_protect"], batch_size=args.batch_size)
+    segmenter = Segmenter.ensemble(load_for(args, "cws"), user_dict=own["user_dict"], dict_mode=own["dict_mode"],
+                                   dict_bonus=own["dict_bonus"], protect=not own["no_protect"],
+                                   batch_size=args.batch_size)
     for lines in read_windows(args.file, args.window_chars):
         words = segmenter.segment([text for text, _ in lines], progress=show_progress(lines))
         write("".join(format_words(w) + ending for w, (_, ending) in zip(words, lines)))

@@ -14,7 +14,8 @@ One sentence per line in. Output formats:
 
 Both keep every character as it was; line endings (LF, CRLF, CR) and a leading byte-order mark are not part of
 the text (`charformer.data`). The input is streamed (`charformer.tasks.streaming`): output is written a window
-of lines at a time, in input order.
+of lines at a time, in input order. ``--ckpt`` given more than once: an ensemble, decoding the mean of the
+checkpoints' per-character tag probabilities (`charformer.finetuning.ensemble`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import json
 import torch
 
 from .errors import CharformerError, run_cli
-from .tasks.predict import predict_tags
+from .finetuning.ensemble import ensemble_tag_paths
 from .tasks.schemes import tags_to_spans
 from .tasks.streaming import read_windows
 from .tasks.tool import base_parser, load_for, parse_tool_args, show_progress, write
@@ -34,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__)
     p.add_argument("--format", choices=("conll", "jsonl"), default="conll", help="output format (default conll)")
     args, own = parse_tool_args(p, argv)
-    model, vocab, task = load_for(args, "ner")
+    members = load_for(args, "ner")
+    task = members[0][2]
     n_read = 0
     for lines in read_windows(args.file, args.window_chars):
         texts = [text for text, _ in lines]
@@ -45,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
                                       "token (it separates the columns): use --format jsonl")
         n_read += len(texts)
         with torch.inference_mode():
-            paths = predict_tags(model, [vocab.encode_aligned(t) for t in texts], batch_size=args.batch_size,
-                                 overlap=task["overlap"], progress=show_progress(texts))
-        write(format_window(texts, [[model.head.tags[i] for i in path] for path in paths], own["format"]))
+            paths = ensemble_tag_paths(members, texts, batch_size=args.batch_size, overlap=task["overlap"],
+                                       progress=show_progress(texts))
+        write(format_window(texts, [[task["tags"][i] for i in path] for path in paths], own["format"]))
     return 0
 
 

@@ -42,7 +42,8 @@ class MethodConfig:
     """--method and its options; each option names the methods it applies to (`check_options_apply`)."""
 
     method: str = _option("full", "what trains: full (every weight), freeze (the head alone), lora, adapter, "
-                          "prefix or adalora (charformer/peft)")
+                          "prefix or adalora (charformer/peft), or cloze (every weight, classifying through the masked-LM head: "
+                          "charformer/finetuning/cloze.py)")
     lora_r: int = _option(8, "lora: rank r of each update B·A", ("lora",))
     lora_alpha: float = _option(16.0, "lora, adalora: updates are scaled by alpha / r", ("lora", "adalora"))
     lora_dropout: float = _option(0.0, "lora, adalora: dropout on the update's input", ("lora", "adalora"))

@@ -135,6 +135,11 @@ class Classifier(nn.Module):
         super().__init__()
         self.body, self.head = body, head
 
+    @property
+    def chunk_block(self) -> int:
+        """Width of the ``[CLS] + chunk`` rows this model reads (`objectives.chunk_batch`)."""
+        return self.body.cfg.block_size
+
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         n_texts, n_chunks, width = ids.shape
         used = lengths.flatten() > 0

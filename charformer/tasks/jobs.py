@@ -33,6 +33,7 @@ from ..checkpoint import load_weights, resolve, save_checkpoint
 from ..cli import option
 from ..data import encode_array, read_corpus
 from ..errors import CharformerError
+from ..finetuning.augment import augment as augment_examples
 from ..model import CharTransformer, ModelConfig
 from ..objectives import CausalLM, lm_scores, sample_text
 from ..peft import load_adapted_checkpoint
@@ -193,9 +194,11 @@ def describe_task(task: str, cfg: TaskConfig, data: dict[str, list], block_size:
             "overlap": overlap, **reading}
 
 
-def task_job(spec: JobSpec, cfg: TaskConfig, train_cfg: TrainConfig, train_examples: int | None) -> Job:
+def task_job(spec: JobSpec, cfg: TaskConfig, train_cfg: TrainConfig, train_examples: int | None,
+             augment: str = "") -> Job:
     """cws, ner or classify: read the files, build encoder + head (from --init or from scratch).
-    train_examples: train on a random subset of this many training examples (seeded by the training seed)."""
+    train_examples: train on a random subset of this many training examples (seeded by the training seed).
+    augment: comma-separated augmentations added to that training set (`charformer.finetuning.augment`)."""
     data = read_task_files(spec.task, cfg, {"train": spec.train, "dev": spec.dev, "test": spec.test})
     if train_examples is not None and train_examples < len(data["train"]):
         keep = sorted(random.Random(train_cfg.seed).sample(range(len(data["train"])), train_examples))
@@ -205,6 +208,9 @@ def task_job(spec: JobSpec, cfg: TaskConfig, train_cfg: TrainConfig, train_examp
         vocab = CharVocab.build(x.text for x in data["train"])
         body_cfg = ModelConfig.from_dict({**body_cfg.to_dict(), "vocab_size": len(vocab)})
     task = describe_task(spec.task, cfg, data, body_cfg.block_size)
+    augmented = {}
+    if augment:  # label-preserving new examples (charformer.finetuning.augment)
+        data["train"], augmented = augment_examples(spec.task, data["train"], augment, train_cfg.seed)
     sizes = {"block_size": body_cfg.block_size, "batch_size": train_cfg.batch_size, "eval_batch_size": cfg.eval_batch_size}
     if spec.task == "classify":
         objective = ClassificationObjective(task, data["train"], data["dev"], vocab, **sizes)
@@ -234,7 +240,8 @@ def task_job(spec: JobSpec, cfg: TaskConfig, train_cfg: TrainConfig, train_examp
                base_dir=base_dir, description={"task": task}, heads={"head": model.head}, head_params=(),
                lr_scale={"head.": cfg.head_lr_scale}, save_full=save_full,
                load_best=lambda path, device: load_task_checkpoint(path, device)[0], score=score,
-               results={"train_examples": len(data["train"]), "train_pieces": objective.n_train, "head": task,
+               results={"train_examples": len(data["train"]), "augmented_examples": augmented,
+                        "train_pieces": objective.n_train, "head": task,
                         "task_options": asdict(cfg)})
 
 

@@ -8,6 +8,7 @@ checkpoints (body + head as files): `charformer.tasks.checkpoint`.
 from __future__ import annotations
 
 from ..errors import CharformerError
+from ..finetuning.cloze import build_cloze_model
 from ..model import CharTransformer, ModelConfig
 from .heads import Classifier, SequenceClassificationHead, Tagger, TokenTaggingHead
 
@@ -16,6 +17,8 @@ TASKS = ("cws", "ner", "classify")
 
 def build_task_model(body_cfg: ModelConfig, task: dict) -> Tagger | Classifier:
     """A randomly initialised task model for the task description `task` (as stored in config.json)."""
+    if "cloze" in task:  # classification through the masked-LM head (finetune.py --method cloze)
+        return build_cloze_model(body_cfg, task)
     body = CharTransformer(body_cfg)
     if task["task"] == "classify":
         head = SequenceClassificationHead(body_cfg.d_model, task["labels"], pooling=task["pooling"],

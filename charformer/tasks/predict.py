@@ -41,11 +41,17 @@ def _batch_starts(n: int, batch_size: int, progress: bool):
 
 def predict_tags(model: Tagger, id_seqs: Sequence[Sequence[int]], *, batch_size: int, overlap: int,
                  progress: bool = False, bias: Sequence[torch.Tensor | None] | None = None) -> list[list[int]]:
-    """Tag indices of every sentence (lists of character ids, any length): the windows of all sentences go
-    through the model in batches of `batch_size` (longest first, so batches pad little), their kept scores are
-    stitched per sentence, and each sentence is decoded whole, sentences of similar length together
-    (`decode_groups`). `bias`, if given, holds per sentence None or an ``(n_i, K)`` score bias for the decoder
-    (`TokenTaggingHead.decode`). Call under no_grad, in eval mode."""
+    """Tag indices of every sentence (lists of character ids, any length): `predict_tag_scores`, then each
+    sentence decoded whole (`decode_tag_scores`, with `bias`). Call under no_grad, in eval mode."""
+    scores = predict_tag_scores(model, id_seqs, batch_size=batch_size, overlap=overlap, progress=progress)
+    return decode_tag_scores(model.head, scores, bias)
+
+
+def predict_tag_scores(model: Tagger, id_seqs: Sequence[Sequence[int]], *, batch_size: int, overlap: int,
+                       progress: bool = False) -> list[torch.Tensor]:
+    """Tag scores ``(n_i, K)`` float32 on the CPU of every sentence: the windows of all sentences go through the
+    model in batches of `batch_size` (longest first, so batches pad little) and their kept scores are stitched
+    per sentence. Call under no_grad, in eval mode."""
     device, size, n_tags = _device(model), model.body.cfg.block_size, len(model.head.tags)
     scores = [torch.zeros(len(ids), n_tags) for ids in id_seqs]  # stitched (n_i, K) per sentence, on the CPU
     rows = [(i, w) for i, ids in enumerate(id_seqs) for w in plan_windows(len(ids), size, overlap)]
@@ -56,11 +62,20 @@ def predict_tags(model: Tagger, id_seqs: Sequence[Sequence[int]], *, batch_size:
         out = model(ids.to(device), lengths.to(device)).cpu()  # (B, T, K)
         for (i, w), row in zip(batch, out):
             scores[i][w.keep_start : w.keep_end] = row[w.keep_start - w.start : w.keep_end - w.start]
-    paths: list[list[int]] = [[] for _ in id_seqs]
-    order = sorted((i for i, ids in enumerate(id_seqs) if len(ids)), key=lambda i: len(id_seqs[i]))
-    for group in decode_groups([len(id_seqs[i]) for i in order], DECODE_POSITIONS):
+    return scores
+
+
+def decode_tag_scores(head, scores: Sequence[torch.Tensor],
+                      bias: Sequence[torch.Tensor | None] | None = None) -> list[list[int]]:
+    """The best valid tag path of each sentence's scores ``(n_i, K)`` under `head`'s decoder, sentences of
+    similar length decoded together (`decode_groups`). `bias`, if given, holds per sentence None or an
+    ``(n_i, K)`` score bias for the decoder (`TokenTaggingHead.decode`)."""
+    device, n_tags = head.start_scores.device, len(head.tags)
+    paths: list[list[int]] = [[] for _ in scores]
+    order = sorted((i for i, s in enumerate(scores) if len(s)), key=lambda i: len(scores[i]))
+    for group in decode_groups([len(scores[i]) for i in order], DECODE_POSITIONS):
         batch = [order[j] for j in group]
-        lengths = torch.tensor([len(id_seqs[i]) for i in batch])
+        lengths = torch.tensor([len(scores[i]) for i in batch])
         padded = torch.zeros(len(batch), int(lengths.max()), n_tags)
         padded_bias = None
         if bias is not None and any(bias[i] is not None for i in batch):
@@ -69,8 +84,8 @@ def predict_tags(model: Tagger, id_seqs: Sequence[Sequence[int]], *, batch_size:
             padded[row, : len(scores[i])] = scores[i]
             if padded_bias is not None and bias[i] is not None:
                 padded_bias[row, : len(scores[i])] = bias[i]
-        decoded = model.head.decode(padded.to(device), lengths.to(device),
-                                    None if padded_bias is None else padded_bias.to(device))
+        decoded = head.decode(padded.to(device), lengths.to(device),
+                              None if padded_bias is None else padded_bias.to(device))
         for i, path in zip(batch, decoded):
             paths[i] = path
     return paths
@@ -110,7 +125,7 @@ def predict_label_probs(model: Classifier, id_seqs: Sequence[Sequence[int]], *, 
     order = sorted(range(len(id_seqs)), key=lambda i: len(id_seqs[i]))
     for b in _batch_starts(len(order), batch_size, progress):
         batch = order[b : b + batch_size]
-        ids, lengths = chunk_batch([id_seqs[i] for i in batch], model.body.cfg.block_size)
+        ids, lengths = chunk_batch([id_seqs[i] for i in batch], model.chunk_block)
         probs[batch] = model(ids.to(device), lengths.to(device)).softmax(-1).cpu()
     return probs
 

@@ -7,8 +7,10 @@ Latin words, URLs and e-mail addresses, in one object.
     seg.segment(["第一句", "第二句"])                                         # one word list per text
 
 The dictionary and the protected runs are constraints on the tag lattice (`charformer.tasks.constraints`),
-applied as a score bias when each sentence is decoded, so they hold by construction. `charformer.segment` is the
-command-line face of this class.
+applied as a score bias when each sentence is decoded, so they hold by construction. An ensemble of
+segmentation models (`Segmenter.ensemble`) decodes the mean of their per-character tag probabilities
+(`charformer.finetuning.ensemble`) under the same bias. `charformer.segment` is the command-line face of this
+class.
 """
 
 from __future__ import annotations
@@ -20,14 +22,19 @@ from typing import Sequence
 import torch
 
 from ..errors import CharformerError
+from ..finetuning.ensemble import Member, ensemble_tag_paths
 from ..quantize import inference_device, prepare_for_inference
 from ..vocab import CharVocab
 from .checkpoint import load_task_checkpoint
 from .constraints import BMES, DEFAULT_BONUS, MODES, lattice_bias
 from .heads import Tagger
 from .lexicon import Lexicon, read_lexicon
-from .predict import tag_texts
-from .schemes import spans_to_words
+from .schemes import spans_to_words, tags_to_spans
+
+
+def _check_segmenter(model: Tagger) -> None:
+    if tuple(model.head.tags) != BMES:
+        raise CharformerError(f"not a word segmenter: its tags are {model.head.tags}, expected {list(BMES)}")
 
 
 class Segmenter:
@@ -43,13 +50,13 @@ class Segmenter:
     def __init__(self, model: Tagger, vocab: CharVocab, *, overlap: int, user_dict: Lexicon | str | Path | None = None,
                  dict_mode: str = "force", dict_bonus: float = DEFAULT_BONUS, protect: bool = True,
                  batch_size: int = 64):
-        if tuple(model.head.tags) != BMES:
-            raise CharformerError(f"not a word segmenter: its tags are {model.head.tags}, expected {list(BMES)}")
+        _check_segmenter(model)
         if dict_mode not in MODES:
             raise CharformerError(f"the dictionary mode must be one of {', '.join(MODES)}, got {dict_mode!r}")
         if not (math.isfinite(dict_bonus) and dict_bonus > 0):
             raise CharformerError(f"the dictionary bonus must be a finite number > 0, got {dict_bonus!r}")
         self.model, self.vocab, self.overlap, self.batch_size = model, vocab, overlap, batch_size
+        self.members: list[Member] = [(model, vocab, None)]  # more than one: an ensemble (`ensemble`)
         self.lexicon = read_lexicon(user_dict) if isinstance(user_dict, (str, Path)) else user_dict
         self.dict_mode, self.dict_bonus, self.protect = dict_mode, dict_bonus, protect
 
@@ -64,6 +71,20 @@ class Segmenter:
             raise CharformerError(f"{ckpt}: a {task['task']} model, not a word segmenter")
         return cls(prepare_for_inference(model, int8=int8), vocab, overlap=task["overlap"], **options)
 
+    @classmethod
+    def ensemble(cls, members: Sequence[Member], **options) -> Segmenter:
+        """The segmentation models `members` (``(model, vocab, task description)`` triples, as
+        `charformer.tasks.tool.load_for` gives and checks them) answering together: one member is a plain
+        Segmenter; several decode the mean of their per-character tag probabilities. Windows overlap as the
+        first member's task says; `options` as for the constructor. Raises CharformerError as the constructor
+        does, for any member."""
+        first, *rest = members
+        segmenter = cls(first[0], first[1], overlap=first[2]["overlap"], **options)
+        for model, _, _ in rest:
+            _check_segmenter(model)
+        segmenter.members = list(members)
+        return segmenter
+
     def bias(self, text: str) -> torch.Tensor | None:
         """The decoding constraints of `text` (`lattice_bias`), ``(len(text), 4)`` or None."""
         return lattice_bias(text, lexicon=self.lexicon, mode=self.dict_mode, bonus=self.dict_bonus,
@@ -72,9 +93,9 @@ class Segmenter:
     def segment(self, texts: Sequence[str], *, progress: bool = False) -> list[list[str]]:
         """The words of each text; ``"".join(words) == text`` always."""
         with torch.inference_mode():
-            spans = tag_texts(self.model, self.vocab, texts, batch_size=self.batch_size, overlap=self.overlap,
-                              progress=progress, bias=[self.bias(t) for t in texts])
-        return [spans_to_words(text, s) for text, s in zip(texts, spans)]
+            paths = ensemble_tag_paths(self.members, texts, batch_size=self.batch_size, overlap=self.overlap,
+                                       progress=progress, bias=[self.bias(t) for t in texts])
+        return [spans_to_words(text, tags_to_spans([BMES[i] for i in path])) for text, path in zip(texts, paths)]
 
     def cut(self, text: str) -> list[str]:
         """The words of one text."""

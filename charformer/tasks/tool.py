@@ -23,6 +23,7 @@ from ..data import decode_utf8, read_text, split_lines
 from ..errors import CharformerError
 from ..heap import retain_freed_memory
 from ..quantize import inference_device, prepare_for_inference
+from ..finetuning.ensemble import check_members
 from .checkpoint import load_task_checkpoint
 from .streaming import WINDOW_CHARS
 
@@ -32,8 +33,9 @@ PROGRESS_MIN_LINES = 1000  # show a progress bar (stderr) from this many input l
 
 def base_parser(doc: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="task checkpoint or adapter directory (a finetune.py --out directory, "
-                   "or its best/)")
+    p.add_argument("--ckpt", required=True, action="append", help="task checkpoint or adapter directory (a "
+                   "finetune.py --out directory, or its best/); given more than once, an ensemble that averages the "
+                   "checkpoints' probabilities (charformer.finetuning.ensemble)")
     p.add_argument("--base", default=None, help="for an adapter (finetune.py --method other than full): its base "
                    "checkpoint, if not where adapter.json says")
     p.add_argument("file", nargs="?", help="input file (default: stdin)")
@@ -50,7 +52,7 @@ def base_parser(doc: str) -> argparse.ArgumentParser:
 class ToolArgs:
     """The options every prediction tool has (`base_parser`)."""
 
-    ckpt: str
+    ckpt: list[str]  # one checkpoint, or several: an ensemble (charformer.finetuning.ensemble)
     base: str | None
     file: str | None  # None: stdin
     batch_size: int
@@ -66,19 +68,23 @@ def parse_tool_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> 
     return ToolArgs(**{f.name: parsed.pop(f.name) for f in fields(ToolArgs)}), parsed
 
 
-def load_for(args: ToolArgs, task: str):
-    """The task model of ``args.ckpt`` on ``args.device``, ready for inference (`prepare_for_inference`), with
-    its vocabulary and task description; also sets this process's malloc for inference
-    (`charformer.heap.retain_freed_memory`). Raises CharformerError if the checkpoint is for another task
-    (naming the tool to use)."""
-    device = inference_device(args.device, args.int8)
-    retain_freed_memory()
-    model, vocab, meta = load_task_checkpoint(args.ckpt, device=device, base=args.base)
-    if meta["task"] != task:
-        raise CharformerError(f"{args.ckpt}: a {meta['task']} model; use python -m {TOOLS[meta['task']]}")
+def load_for(args: ToolArgs, task: str) -> list[tuple]:
+    """The task models of ``args.ckpt`` (one or more: an ensemble) on ``args.device``, ready for inference
+    (`prepare_for_inference`), each as ``(model, vocab, task description)``; also sets this process's malloc
+    for inference (`charformer.heap.retain_freed_memory`). Raises CharformerError if a checkpoint is for another
+    task (naming the tool to use), or the checkpoints cannot form an ensemble (`check_members`)."""
     if args.batch_size < 1 or args.window_chars < 1:
         raise CharformerError(f"--batch-size and --window-chars must be >= 1, got {args.batch_size}, {args.window_chars}")
-    return prepare_for_inference(model, int8=args.int8), vocab, meta
+    device = inference_device(args.device, args.int8)
+    retain_freed_memory()
+    members = []
+    for path in args.ckpt:
+        model, vocab, meta = load_task_checkpoint(path, device=device, base=args.base)
+        if meta["task"] != task:
+            raise CharformerError(f"{path}: a {meta['task']} model; use python -m {TOOLS[meta['task']]}")
+        members.append((prepare_for_inference(model, int8=args.int8), vocab, meta))
+    check_members(members, args.ckpt)
+    return members
 
 
 def read_lines(path: str | None) -> list[tuple[str, str]]:

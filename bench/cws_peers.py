@@ -26,7 +26,7 @@ How it is measured:
 * memory: each worker's peak resident set size (VmHWM in /proc/self/status) after all its runs: the
   interpreter, the tool, its model and the largest corpus.
 
-Output: a table on stdout and JSON (--out, default bench/results/cws_peers.json) with the command.
+Output: a table on stdout and JSON (--out, default out/cws_peers.json) with the command.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ back on each corpus. The text is rebuilt from the gold words without separators,
 the segmenters, so Latin words that a raw text would separate by spaces run together here ("at the end"
 becomes "attheend"): the counts are an upper bound for text that keeps its spaces.
 
-Output: a table on stdout and JSON (--out, default bench/results/protect_vs_gold.json) with the command.
+Output: a table on stdout and JSON (--out, default out/protect_vs_gold.json) with the command.
 """
 
 from __future__ import annotations

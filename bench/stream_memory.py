@@ -10,7 +10,7 @@ process (one thread, output to /dev/null) whose peak resident set size is read f
 smallest. Without --ckpt the model is trained here for 3 steps (1 layer, d_model 32, block 64, as the test
 suite's tiny segmenter, on the first 2,000 CTB6 sentences): memory depends on the shapes, not on the weights.
 
-Output: a table on stdout and JSON (--out, default bench/results/stream_memory.json) with the command.
+Output: a table on stdout and JSON (--out, default out/stream_memory.json) with the command.
 """
 
 from __future__ import annotations

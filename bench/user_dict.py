@@ -10,7 +10,7 @@ trie) and `lattice_bias` in force mode with protection on, over the sentences of
 second. The figure to compare with is the segmenter's own speed (bench/cws_peers.py, bench/inference.py):
 the constraints should cost a small fraction of it.
 
-Output: a table on stdout and JSON (--out, default bench/results/user_dict.json) with the command.
+Output: a table on stdout and JSON (--out, default out/user_dict.json) with the command.
 """
 
 from __future__ import annotations

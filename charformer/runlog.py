@@ -123,7 +123,7 @@ def plot_curves(records: list[dict], png_path: str | Path, title: str = "", fina
         ax.grid(alpha=0.3)
         if k != "loss":
             ax.set_title(_label(k, chars, final or {}), fontsize=9)
-        if k == "loss" or len(ax.get_lines()) > 1:
+        if ax.get_legend_handles_labels()[0] and (k == "loss" or len(ax.get_lines()) > 1):
             ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)

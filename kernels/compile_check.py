@@ -150,7 +150,7 @@ def _attention_variants(full: bool) -> list[Variant]:
     """Default run: on sm90 every default config at D=128 with every mask compiled in (the spill and wgmma bars),
     and the specialisations a launch can produce; on sm80 the first default and fp32. --full adds the rest of the
     defaults on sm80, the deterministic backward for every default, fp32 at D=128 on sm80, the benchmark's mask
-    combinations at D=128 on sm90 (first default), and the pruned search space on sm90."""
+    combinations at D=128 on sm90 (every default), and the pruned search space on sm90."""
     out = []
 
     def add(name, arch, dtype, d, config, default=False, **extra):
@@ -176,7 +176,7 @@ def _attention_variants(full: bool) -> list[Variant]:
             for config in defaults[1:]:
                 add(name, 80, "fp16", 128, config, default=True, **mode)
             add(name, 80, "fp32", 128, defaults[-1], **mode)
-            for config in defaults[:1]:
+            for config in defaults:
                 for flags in BENCH_FLAGS:
                     add(name, 90, "bf16", 128, config, default=True, **mode, **flags)
         for config in fa.BWD_DEFAULTS[1:]:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import finetune
 import pretrain
+from bench import data_dir
 from charformer.errors import run_cli
 from charformer.tasks.readers import read_labeled
 
@@ -40,8 +41,9 @@ VERBALIZERS = "0\t差\n1\t好\n"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="/work/shared/data/sentiment/chnsenticorp", help="folder of the "
-                   "ChnSentiCorp train.tsv, dev.tsv and test.tsv (default: %(default)s)")
+    p.add_argument("--data", default=str(data_dir() / "sentiment" / "chnsenticorp"), help="folder of the "
+                   "ChnSentiCorp train.tsv, dev.tsv and test.tsv (default: $CHARFORMER_DATA/sentiment/chnsenticorp, "
+                   "or shared/data beside the repository)")
     p.add_argument("--out", default="out/toolbox", help="output folder: runs/, data/, results.json (default: "
                    "%(default)s)")
     p.add_argument("--results", default="", help="also copy results.json to this file, e.g. bench/results/"

@@ -3,13 +3,12 @@ an encoder, cached decoding equal to uncached, checkpoints and LoRA as for the p
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from charformer.checkpoint import load_checkpoint, save_checkpoint
 from charformer.generate import generate
 from charformer.peft import apply_method
 from charformer.vocab import CharVocab
-from tests.helpers import tiny_model
+from tests.helpers import tiny_model, train_next_char
 
 TOL = dict(atol=2e-6, rtol=1e-5)
 
@@ -109,14 +108,7 @@ def test_lora_on_an_hourglass():
     base = model(x).detach()
     apply_method(model, "lora", r=8, targets="all")
     torch.testing.assert_close(model(x), base, **TOL)  # B = 0: the adapted model starts as the base
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-2)
-    losses = []
-    for _ in range(20):
-        loss = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_next_char(model, x, steps=20, lr=3e-2)
     assert min(losses[-5:]) < losses[0] - 0.1
     mid = model.blocks[1].attn.q_proj.lora  # a shortened layer's adapter trained too
     assert mid.B.abs().max() > 0 and not model.tok_emb.weight.requires_grad

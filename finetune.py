@@ -11,6 +11,8 @@ method.
         --test chnsenticorp/test.tsv --init out/mlm --out out/senti --max-steps 2000 --method adapter
     python finetune.py --task classify ... --init out/mlm --out out/senti_cloze --train-examples 64 \\
         --method cloze --pattern '{text}总之很[MASK]。' --verbalizers labels.tsv --ema 0.99 --adversarial fgm
+    python finetune.py --task cws ... --init scratch --n-layers 2 --d-model 128 --out out/ctb6_student \\
+        --distill-from out/ctb6_cws --distill-alpha 0.9 --distill-temperature 2
     python finetune.py --task lm --init out/xiyouji_lm --train new.txt --dev new_dev.txt --test new_test.txt \\
         --original-val xiyouji_val.txt --rehearsal-data xiyouji_train.txt --rehearsal-share 0.25 --out out/lm_new
 
@@ -36,7 +38,9 @@ Toolbox (charformer/finetuning, each method in its own module with its paper): -
 dropout passes; --ema DECAY or --average-last N evaluate and save averaged weights; --augment NAME[,NAME] adds
 label-preserving new examples to the training set; --ewc LAMBDA --ewc-data FILE holds the weights that the
 earlier task's (or pretraining's) likelihood depends on; --method cloze --pattern TEXT --verbalizers FILE
-classifies through the masked-LM head (PET), for few-shot training. Continued pretraining on in-domain text
+classifies through the masked-LM head (PET), for few-shot training; --distill-from DIR (--distill-alpha,
+--distill-temperature) trains a cws or ner student, smaller or shortened, on a teacher's per-character tag
+distributions as well as the gold tags (knowledge distillation). Continued pretraining on in-domain text
 before fine-tuning: pretrain.py --init DIR. Zero-shot: charformer zeroshot.
 
 Outputs in OUT: best/ (the best dev score), last/ (for --resume: the whole model, optimizer, RNGs and AdaLoRA's

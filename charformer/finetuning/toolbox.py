@@ -1,7 +1,8 @@
 """The fine-tuning toolbox in finetune.py: its options, and the wrappers it puts around the job.
 
-    objective ─> RDrop ─> Adversarial ─> + EWC penalty ─> Averaged ─> charformer.train.fit
-                 (two passes) (K+1 passes)                 (evaluates, and OUT/best saves, the averaged weights)
+    objective ─> Distill ─> RDrop ─> Adversarial ─> + EWC penalty ─> Averaged ─> charformer.train.fit
+                 (+ teacher) (two passes) (K+1 passes)              (evaluates, and OUT/best saves, the averaged
+                                                                     weights)
 
 Every method is a wrapper around the objective that `fit` trains (its ``loss``, or its ``evaluate``), a call
 after each optimizer step (the EMA), a wrapper around the run's `Checkpointer` (the averaged weights saved as
@@ -19,10 +20,11 @@ from ..cli import option
 from ..data import encode_array, read_corpus
 from ..errors import CharformerError
 from ..peft.training import _Penalised
-from ..tasks.checkpoint import save_task_checkpoint
+from ..tasks.checkpoint import load_task_checkpoint, save_task_checkpoint
 from .adversarial import Adversarial
 from .averaging import EMA, Averaged, LastCheckpoints, swapped, trainable
 from .cloze import ClozeClassifier, ClozeHead, encode_pattern, read_verbalizers
+from .distill import Distill, check_teacher, vocab_map
 from .ewc import EWCPenalty, fisher_diagonal, lm_batch_losses
 from .rdrop import RDrop
 
@@ -46,6 +48,11 @@ class ToolboxConfig:
     ewc_batches: int = option(20, "EWC: batches of --ewc-data that estimate the Fisher information")
     pattern: str = option("", "--method cloze: the text's frame, one {text} and one [MASK], e.g. {text}总之很[MASK]。")
     verbalizers: str = option("", "--method cloze: file of LABEL<TAB>VERBALISER lines, one per label")
+    distill_from: str = option("", "knowledge distillation (cws, ner): a tagging checkpoint of the same tags whose "
+                               "per-character tag distributions the student learns (Hinton et al. 2015)")
+    distill_alpha: float = option(0.5, "distillation: weight of T^2 x KL(teacher || student); 1 - it weighs the "
+                                  "gold loss")
+    distill_temperature: float = option(1.0, "distillation: temperature T dividing both models' scores")
 
     def __post_init__(self):
         if self.adversarial not in ("none", "fgm", "pgd"):
@@ -60,6 +67,8 @@ class ToolboxConfig:
             raise ValueError("give --ema or --average-last, not both: each decides which weights are evaluated")
         if bool(self.ewc) != bool(self.ewc_data):
             raise ValueError("--ewc LAMBDA and --ewc-data FILE go together")
+        if not 0 <= self.distill_alpha <= 1 or not self.distill_temperature > 0:
+            raise ValueError("need 0 <= distill_alpha <= 1 and distill_temperature > 0")
 
 
 def take_cloze(given: dict) -> bool:
@@ -130,10 +139,14 @@ class Toolbox:
                                                              batch_size=batch_size, seed=seed))
             job.model.train(was_training)
             self.ewc = EWCPenalty(params, fisher, cfg.ewc)
+        self.teacher = load_teacher(job, cfg.distill_from) if cfg.distill_from else None
 
     def objective(self, objective):
         """`objective` with the methods of the config around it, in the order of the module docstring."""
         cfg = self.cfg
+        if self.teacher is not None:
+            objective = Distill(objective, self.model, *self.teacher, alpha=cfg.distill_alpha,
+                                temperature=cfg.distill_temperature)
         if cfg.rdrop:
             objective = RDrop(objective, self.model, cfg.rdrop)
         if cfg.adversarial != "none":
@@ -171,6 +184,18 @@ class Toolbox:
     def summary(self) -> dict:
         """results.json: every toolbox option, as used."""
         return {"toolbox": asdict(self.cfg)}
+
+
+def load_teacher(job, path: str):
+    """The distillation teacher at `path` for `job` (a cws or ner job of `charformer.tasks.jobs`), on the
+    device of the job's model, and the `vocab_map` from the job's ids to the teacher's. Raises CharformerError
+    for another task, or a teacher that does not fit the student (`check_teacher`)."""
+    task = job.description["task"]
+    if task["task"] not in ("cws", "ner"):
+        raise CharformerError(f"--distill-from is for tagging (cws, ner), not --task {task['task']}")
+    teacher, vocab, teacher_task = load_task_checkpoint(path, next(job.model.parameters()).device)
+    check_teacher(teacher, teacher_task, task, job.body.cfg.block_size, path)
+    return teacher, vocab_map(job.vocab, vocab)
 
 
 @dataclass

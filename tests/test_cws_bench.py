@@ -1,0 +1,65 @@
+"""The logic of bench/cws_peers.py and bench/cws_frontier.py that needs neither the peers nor a timing: the
+variants asked for, the order of a round, the ratios to THULAC, the Pareto frontier and its PNG."""
+
+import json
+
+import pytest
+
+from bench import cws_frontier, cws_peers
+from charformer.errors import CharformerError
+
+
+def test_every_checkpoint_at_every_precision_and_batch_size(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "student").mkdir()
+    variants = cws_peers.our_variants([f"plain={tmp_path / 'a'}", str(tmp_path / "student")], "fp32,int8", "16, 64")
+    assert [v.name for v in variants] == ["ours:plain fp32 b16", "ours:plain fp32 b64", "ours:plain int8 b16",
+                                          "ours:plain int8 b64", "ours:student fp32 b16", "ours:student fp32 b64",
+                                          "ours:student int8 b16", "ours:student int8 b64"]
+    assert variants[4].ckpt == str(tmp_path / "student")
+    worker = cws_peers.our_variants(variants[3].worker_argv()[3:4], "int8", "64")  # as a worker parses it
+    assert worker == [variants[3]]
+    for ckpts, precisions, sizes, message in (([f"x={tmp_path / 'missing'}"], "fp32", "64", "existing checkpoint"),
+                                               ([f"x={tmp_path / 'a'}", f"x={tmp_path / 'student'}"], "fp32", "64",
+                                                "labels must differ"),
+                                               ([str(tmp_path / "a")], "fp16", "64", "--precision"),
+                                               ([str(tmp_path / "a")], "fp32", "0", "--batch-size"),
+                                               ([str(tmp_path / "a")], "fp32", "b", "--batch-size")):
+        with pytest.raises(CharformerError, match=message):
+            cws_peers.our_variants(ckpts, precisions, sizes)
+
+
+def test_a_round_alternates_peers_and_ours():
+    assert cws_peers.interleave(["thulac", "jieba"], [1, 2, 3]) == ["thulac", 1, "jieba", 2, 3]
+    assert cws_peers.interleave(["thulac", "jieba"], []) == ["thulac", "jieba"]
+
+
+def test_speed_ratios_to_thulac_on_the_same_corpus():
+    rows = [{"corpus": "ctb6", "tool": "thulac", "chars_per_s": 40000},
+            {"corpus": "ctb6", "tool": "ours:a fp32 b64", "chars_per_s": 50000},
+            {"corpus": "zx", "tool": "thulac", "chars_per_s": 20000},
+            {"corpus": "zx", "tool": "jieba", "chars_per_s": 30000},
+            {"corpus": "udc", "tool": "jieba", "chars_per_s": 30000}]
+    cws_peers.add_thulac_ratios(rows)
+    assert [r["vs_thulac"] for r in rows] == [1.0, 1.25, 1.0, 1.5, None]
+
+
+def test_pareto_frontier():
+    points = [(100, 80.0), (40, 89.0), (30, 95.0), (35, 94.0), (20, 95.0), (100, 79.0), (40, 89.0)]
+    # (35, 94) is beaten by nobody (faster than (30, 95), more accurate than (40, 89)); the copies of (40, 89)
+    # do not dominate each other; (20, 95) and (100, 79) are dominated.
+    assert cws_frontier.pareto_frontier(points) == [2, 3, 1, 6, 0]
+
+
+def test_the_frontier_png(tmp_path):
+    rows = [{"corpus": "ctb6", "tool": "thulac", "f1": 88.9, "chars_per_s": 40000},
+            {"corpus": "ctb6", "tool": "jieba", "f1": 80.8, "chars_per_s": 140000},
+            {"corpus": "ctb6", "tool": "ours:a int8 b64", "label": "a", "f1": 95.2, "chars_per_s": 34000},
+            {"corpus": "zx", "tool": "jieba", "f1": 80.0, "chars_per_s": 100000}]
+    result = tmp_path / "peers.json"
+    result.write_text(json.dumps({"command": "python -m bench.cws_peers", "rows": rows}), encoding="utf-8")
+    out = tmp_path / "frontier.png"
+    cws_frontier.main(["--json", str(result), "--out", str(out)])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    with pytest.raises(CharformerError, match="no row for corpus 'weibo'"):
+        cws_frontier.main(["--json", str(result), "--corpus", "weibo", "--out", str(out)])

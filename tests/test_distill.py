@@ -26,7 +26,8 @@ BMES = tag_set("BMES", [""], outside=False)
 TASK = {"task": "cws", "scheme": "BMES", "tags": BMES, "crf": False, "head_dropout": 0.0, "overlap": 4}
 TEXTS = ["我们在北京天安门", "中国人民站起来了", "北京人民在中国"]
 # Two segmentations of TEXTS: the teacher learns the first; the student's gold file says the second.
-TEACHER_WORDS = [["我们", "在", "北京", "天安门"], ["中国", "人民", "站起来", "了"], ["北京", "人民", "在", "中国"]]
+TEACHER_WORDS = [["我们", "在", "北京", "天安门"], ["中国", "人民", "站起来", "了"],
+                 ["北京", "人民", "在", "中国"]]
 OTHER_WORDS = [["我", "们在北", "京天安门"], ["中国人", "民站", "起来了"], ["北京人民在", "中", "国"]]
 
 

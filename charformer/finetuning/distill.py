@@ -105,7 +105,7 @@ class Distill:
         return getattr(self.objective, name)
 
     def loss(self, model, batch) -> tuple[torch.Tensor, int]:
-        ids, lengths, _ = batch
+        ids, lengths = batch[0], batch[1]
         self.scores = []
         try:
             gold, n_chars = self.objective.loss(model, batch)

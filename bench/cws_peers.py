@@ -6,6 +6,7 @@ corpus in the shared CWS data: word F1, OOV recall, speed at one thread, peak me
     python -m bench.cws_peers --ckpt plain=out/ctb6_cws --ckpt student=out/ctb6_student \\
         --precision fp32,int8 --batch-size 16,64             # and our segmenters, in the same rounds
     python -m bench.cws_frontier --json out/cws_peers.json    # the F1/speed frontier as a PNG
+    python -m bench.cws_peers --ckpt mc=out/mc_cws --standard-map mc:ctb6=ctb6,udc=udc,weibo=weibo,zx=zx
 
 The peers follow their own segmentation standards, not the corpora's: jieba its dictionary (and an HMM for
 unknown words), THULAC the standard of its own training corpus. Their scores here say what a user gets out of
@@ -20,7 +21,9 @@ How it is measured:
 * our variants: every --ckpt at every --precision and every --batch-size, each a row: fp32; int8 (weights
   quantized as `charformer.quantize` does for --int8); bf16 (the fp32 model under ``torch.autocast("cpu",
   torch.bfloat16)``, as `bench/inference.py` runs it); the malloc settings of the prediction tools
-  (`charformer.heap`) in every worker of ours;
+  (`charformer.heap`) in every worker of ours; a multi-criteria segmenter (one model for several standards,
+  `finetune.py --train NAME=PATH ...`) is set on each corpus to the standard --standard-map names for it
+  (``Segmenter.load(..., standard=NAME)``, one copy of the model per standard in its worker);
 * scoring: `charformer.tasks.metrics.cws_scores` (SIGHAN rules) against the gold words, OOV recall against the
   corpus's training words. THULAC drops or merges some whitespace; a predicted word that is not the next
   piece of the text is re-aligned (`align`) and the sentences where that happened are counted
@@ -65,20 +68,26 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THRE
 @dataclass(frozen=True)
 class Ours:
     """One variant of our segmenter: checkpoint directory `ckpt` (named `label` in the table), `precision`
-    (one of PRECISIONS) and `batch_size` (windows per forward pass)."""
+    (one of PRECISIONS), `batch_size` (windows per forward pass) and, for a multi-criteria segmenter,
+    `standards`: the standard it is set to on each corpus, as (corpus, standard) pairs."""
 
     label: str
     ckpt: str
     precision: str
     batch_size: int
+    standards: tuple[tuple[str, str], ...] = ()
+
+    def standard(self, corpus: str) -> str | None:
+        return dict(self.standards).get(corpus)
 
     @property
     def name(self) -> str:
         return f"ours:{self.label} {self.precision} b{self.batch_size}"
 
     def worker_argv(self) -> list[str]:
+        pairs = ",".join(f"{corpus}={standard}" for corpus, standard in self.standards)
         return ["--worker", "ours", "--ckpt", f"{self.label}={self.ckpt}", "--precision", self.precision,
-                "--batch-size", str(self.batch_size)]
+                "--batch-size", str(self.batch_size)] + (["--standard-map", f"{self.label}:{pairs}"] if pairs else [])
 
 
 Tool = str | Ours  # a peer's name, or a variant of ours
@@ -96,8 +105,8 @@ def peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def load_tool(tool: Tool) -> Callable[[list[str]], list[list[str]]]:
-    """A function texts -> word lists for `tool`."""
+def load_tool(tool: Tool, standard: str | None = None) -> Callable[[list[str]], list[list[str]]]:
+    """A function texts -> word lists for `tool` (ours: set to `standard`, if not None)."""
     if tool == "jieba":
         import jieba
 
@@ -117,21 +126,27 @@ def load_tool(tool: Tool) -> Callable[[list[str]], list[list[str]]]:
 
     torch.set_num_threads(1)
     retain_freed_memory()  # as the prediction tools do (charformer.tasks.tool.load_for)
-    segmenter = Segmenter.load(tool.ckpt, device="cpu", int8=tool.precision == "int8", batch_size=tool.batch_size)
+    segmenter = Segmenter.load(tool.ckpt, device="cpu", int8=tool.precision == "int8", batch_size=tool.batch_size,
+                               **({"standard": standard} if standard else {}))
     return lambda texts: in_variant(tool.precision, lambda: segmenter.segment(texts))()
 
 
 def worker(tool: Tool) -> None:
-    """Serve requests on stdin, one JSON line each: {"path": gold file, "words": bool} -> {"seconds", "words"?};
-    {"rss": true} -> {"peak_rss_mb"}."""
+    """Serve requests on stdin, one JSON line each: {"corpus", "path": gold file, "words": bool} -> {"seconds",
+    "words"?}; {"rss": true} -> {"peak_rss_mb"}. The tool is loaded at the first request (for a multi-criteria
+    segmenter, at the first request of each standard), before the clock starts."""
     import contextlib
 
-    with contextlib.redirect_stdout(sys.stderr):  # THULAC prints on load; stdout carries the replies
-        segment = load_tool(tool)
+    loaded = {}
     for request in map(json.loads, sys.stdin):
         if request.get("rss"):
             reply = {"peak_rss_mb": round(peak_rss_mb(), 1)}
         else:
+            standard = tool.standard(request["corpus"]) if isinstance(tool, Ours) else None
+            if standard not in loaded:
+                with contextlib.redirect_stdout(sys.stderr):  # THULAC prints on load; stdout carries the replies
+                    loaded[standard] = load_tool(tool, standard)
+            segment = loaded[standard]
             texts = [s.text for s in read_cws(request["path"])]
             start = time.perf_counter()
             words = segment(texts)
@@ -215,7 +230,7 @@ def measure(tools: list[Tool], sets: list[tuple[str, Path, Path]], rounds: int) 
             order = names[r % len(names):] + names[: r % len(names)]
             for corpus, path, _ in sets:
                 for name in order:
-                    reply = workers[name].ask({"path": str(path), "words": r == 0})
+                    reply = workers[name].ask({"corpus": corpus, "path": str(path), "words": r == 0})
                     times[name, corpus].append(reply["seconds"])
                     if r == 0:
                         words[name, corpus] = reply["words"]
@@ -235,7 +250,8 @@ def measure(tools: list[Tool], sets: list[tuple[str, Path, Path]], rounds: int) 
             aligned = [align(s.text, w) for s, w in zip(gold, words[name, corpus])]
             scores = cws_scores(gold_words, [a for a, _ in aligned], train_words)
             variant = ({"label": tool.label, "ckpt": tool.ckpt, "dtype": tool.precision,  # "precision": the score's
-                        "batch_size": tool.batch_size} if isinstance(tool, Ours) else {})
+                        "batch_size": tool.batch_size, "standard": tool.standard(corpus)}
+                       if isinstance(tool, Ours) else {})
             rows.append({
                 "corpus": corpus, "file": str(path), "sentences": len(gold), "chars": n_chars, "tool": name,
                 **variant,
@@ -313,10 +329,28 @@ def batch_size(text: str) -> int:
     return int(text)
 
 
-def our_variants(ckpts: list[str], precisions: str, batch_sizes: str) -> list[Ours]:
+def standard_maps(values: list[str]) -> dict[str, tuple[tuple[str, str], ...]]:
+    """``LABEL:CORPUS=STANDARD[,CORPUS=STANDARD...]`` values (--standard-map) -> (corpus, standard) pairs by
+    checkpoint label. Raises CharformerError for a malformed value or a label given twice."""
+    maps = {}
+    for value in values:
+        label, colon, pairs = value.partition(":")
+        parsed = [pair.partition("=") for pair in pairs.split(",")]
+        if not colon or not label or any(not c or not eq or not s for c, eq, s in parsed):
+            raise CharformerError(f"--standard-map {value!r}: need LABEL:CORPUS=STANDARD[,CORPUS=STANDARD...]")
+        if label in maps:
+            raise CharformerError(f"--standard-map: label {label!r} given twice")
+        maps[label] = tuple((c.strip(), s.strip()) for c, _, s in parsed)
+    return maps
+
+
+def our_variants(ckpts: list[str], precisions: str, batch_sizes: str,
+                 standards: dict[str, tuple[tuple[str, str], ...]] | None = None) -> list[Ours]:
     """Every checkpoint of `ckpts` (``LABEL=DIR`` or ``DIR``) at every precision and batch size of the
-    comma-separated lists. Raises CharformerError for a missing directory, a repeated label, an unknown
-    precision or a batch size < 1."""
+    comma-separated lists, each with its `standards` (`standard_maps`, by label). Raises CharformerError for a
+    missing directory, a repeated label, an unknown precision, a batch size < 1 or a standard map for no
+    checkpoint."""
+    standards = standards or {}
     named = [parse_ckpt(c) for c in ckpts]
     labels = [label for label, _ in named]
     if len(set(labels)) < len(labels):
@@ -326,7 +360,21 @@ def our_variants(ckpts: list[str], precisions: str, batch_sizes: str) -> list[Ou
             raise CharformerError(f"--ckpt {label}={path}: need LABEL=DIR with an existing checkpoint directory")
     precisions = comma_list(precisions, precision, "--precision")
     sizes = comma_list(batch_sizes, batch_size, "--batch-size")
-    return [Ours(label, path, p, b) for label, path in named for p in precisions for b in sizes]
+    unknown = sorted(set(standards) - set(labels))
+    if unknown:
+        raise CharformerError(f"--standard-map for {', '.join(unknown)}: no --ckpt has that label ({labels})")
+    return [Ours(label, path, p, b, standards.get(label, ())) for label, path in named for p in precisions
+            for b in sizes]
+
+
+def check_standards(ours: list[Ours], corpora: list[str]) -> None:
+    """Raise CharformerError unless every variant with a standard map names a standard for each of `corpora`
+    (a multi-criteria segmenter needs one everywhere), and for no other corpus."""
+    for tool in ours:
+        named = [corpus for corpus, _ in tool.standards]
+        if tool.standards and sorted(named) != sorted(corpora):
+            raise CharformerError(f"--standard-map {tool.label}: names corpora {named}; measured are {corpora}, "
+                                  "each needs one standard")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -340,17 +388,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpora", default="ctb6,udc,weibo,zx", help="comma-separated corpus folders under --data")
     p.add_argument("--rounds", type=int, default=3, help="timed runs per tool and corpus (median)")
     p.add_argument("--out", default=str(ROOT / "out" / "cws_peers.json"), help="JSON results")
+    p.add_argument("--standard-map", action="append", default=[], metavar="LABEL:CORPUS=STANDARD,...",
+                   help="the standard a multi-criteria checkpoint (--ckpt LABEL=DIR) is set to on each corpus, "
+                        "e.g. mc:ctb6=ctb6,udc=udc,weibo=weibo,zx=zx; repeatable, one per such checkpoint")
     p.add_argument("--worker", choices=(*PEERS, "ours"), help=argparse.SUPPRESS)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    ours = our_variants(args.ckpt, args.precision, args.batch_size)
+    ours = our_variants(args.ckpt, args.precision, args.batch_size, standard_maps(args.standard_map))
     if args.worker:
         return worker(ours[0] if args.worker == "ours" else args.worker)
     if args.rounds < 1:
         raise CharformerError(f"--rounds must be >= 1, got {args.rounds}")
+    check_standards(ours, args.corpora.split(","))
     sets = corpora(Path(args.data), args.corpora.split(","))
     result = measure(interleave(list(PEERS), ours), sets, args.rounds)
     report = {

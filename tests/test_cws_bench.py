@@ -29,6 +29,27 @@ def test_every_checkpoint_at_every_precision_and_batch_size(tmp_path):
             cws_peers.our_variants(ckpts, precisions, sizes)
 
 
+def test_standard_maps_for_a_multi_criteria_checkpoint(tmp_path):
+    (tmp_path / "mc").mkdir()
+    (tmp_path / "one").mkdir()
+    maps = cws_peers.standard_maps(["mc:ctb6=ctb6, zx=zhuxian"])
+    assert maps == {"mc": (("ctb6", "ctb6"), ("zx", "zhuxian"))}
+    mc, one = cws_peers.our_variants([f"mc={tmp_path / 'mc'}", f"one={tmp_path / 'one'}"], "int8", "64", maps)
+    assert (mc.standard("zx"), mc.standard("udc"), one.standard("zx")) == ("zhuxian", None, None)
+    argv = mc.worker_argv()
+    parsed = cws_peers.build_parser().parse_args(argv)  # as the worker reads its command line
+    assert cws_peers.our_variants(parsed.ckpt, parsed.precision, parsed.batch_size,
+                                  cws_peers.standard_maps(parsed.standard_map)) == [mc]
+    cws_peers.check_standards([mc, one], ["zx", "ctb6"])
+    with pytest.raises(CharformerError, match="each needs one standard"):
+        cws_peers.check_standards([mc, one], ["ctb6", "zx", "weibo"])
+    with pytest.raises(CharformerError, match="no --ckpt has that label"):
+        cws_peers.our_variants([f"one={tmp_path / 'one'}"], "fp32", "64", maps)
+    for bad in (["ctb6=ctb6"], ["mc:ctb6"], ["mc:ctb6=ctb6,"], ["mc:a=b", "mc:c=d"]):
+        with pytest.raises(CharformerError, match="--standard-map"):
+            cws_peers.standard_maps(bad)
+
+
 def test_a_round_alternates_peers_and_ours():
     assert cws_peers.interleave(["thulac", "jieba"], [1, 2, 3]) == ["thulac", 1, "jieba", 2, 3]
     assert cws_peers.interleave(["thulac", "jieba"], []) == ["thulac", "jieba"]

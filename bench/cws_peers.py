@@ -171,7 +171,7 @@ class Worker:
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"worker {self.name} died (exit {self.proc.wait()})")
+            raise CharformerError(f"worker {self.name} died (exit {self.proc.wait()}); its error is above")
         return json.loads(line)
 
     def close(self) -> None:

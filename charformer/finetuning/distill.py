@@ -20,7 +20,7 @@ excluded):
 The student is any tagger of the same task and tags: from scratch or from a pretrained body, smaller, or an
 hourglass (``--shorten 2``). It may have another vocabulary than the teacher's: each batch's character ids are
 mapped to the teacher's (`vocab_map`), a character the teacher never saw reading as its [UNK]. The teacher runs
-in eval mode without gradients, on the same batch, one extra forward pass per step.
+in eval mode without gradients, on the same batch: one extra forward pass per loss computation.
 
 The student's scores are read by a forward hook on its head, so the wrapped objective is unchanged
 (`charformer.finetuning.toolbox`).
@@ -49,8 +49,8 @@ def tag_distribution(head: TokenTaggingHead, scores: torch.Tensor, lengths: torc
 
 
 def kl_divergence(log_p: torch.Tensor, log_q: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """``KL(P || Q) = sum_k P_k (log P_k - log Q_k)`` in nats, averaged over the rows of log-probabilities
-    ``(..., K)`` where `keep` ``(...)`` bool is True."""
+    """``KL(P || Q) = sum_k P_k (log P_k - log Q_k)`` in nats, averaged over the rows of finite log-probabilities
+    ``(..., K)`` (as `tag_distribution` gives them) where `keep` ``(...)`` bool is True."""
     kl = (log_p.exp() * (log_p - log_q)).sum(-1)
     return kl[keep].sum() / keep.sum().clamp(min=1)
 

@@ -13,7 +13,10 @@ because removing a layer shortens every forward pass with no change to the model
 result is an ordinary checkpoint with a smaller ``n_layers`` that every tool loads. (Heads are not pruned.)
 
 Recovery: the pruned model is fine-tuned for --recover-steps steps on --train (`charformer.train.fit`, the
-fine-tuning objective of finetune.py), keeping the best dev checkpoint in OUT/best.
+fine-tuning objective of finetune.py), keeping the best dev checkpoint in OUT/best. With --distill-alpha above
+0 it also learns the original model's per-character tag distributions (knowledge distillation,
+`charformer.finetuning.distill`): the original is the teacher, the pruned model a student that starts from
+the teacher's own layers.
 
 Report (stdout and OUT/results.json): for the original, the pruned model before recovery and after it, the
 parameter count, the size of model.safetensors, the test F1, and segmentation speed (characters/s of the
@@ -39,6 +42,7 @@ import torch.nn as nn
 from .checkpoint import resolve
 from .cli import add_dataclass_options, build_dataclass
 from .errors import CharformerError, run_cli
+from .finetuning.distill import Distill
 from .quantize import prepare_for_inference
 from .tasks.heads import Tagger
 from .tasks.jobs import TaskConfig, read_task_files
@@ -59,6 +63,13 @@ class PruneConfig:
     eval_batch_size: int = field(default=64, metadata={"help": "windows per forward pass in evaluation and timing"})
     repeats: int = field(default=3, metadata={"help": "timed runs per model (median)"})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
+    distill_alpha: float = field(default=0.0, metadata={"help": "recovery: weight of T^2 x KL(original || pruned) "
+                                                         "(distillation from the original model); 0: gold loss alone"})
+    distill_temperature: float = field(default=1.0, metadata={"help": "recovery: distillation temperature T"})
+
+    def __post_init__(self):
+        if not 0 <= self.distill_alpha <= 1 or not self.distill_temperature > 0:
+            raise ValueError("need 0 <= distill_alpha <= 1 and distill_temperature > 0")
 
 
 def without_layers(model: Tagger, drop: set[int]) -> Tagger:
@@ -162,7 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         train_cfg = TrainConfig(max_steps=cfg.recover_steps, batch_size=cfg.batch_size, lr=cfg.lr, min_lr=cfg.lr / 10,
                                 warmup_steps=min(50, cfg.recover_steps // 10), eval_interval=cfg.recover_steps,
                                 log_interval=max(1, cfg.recover_steps // 10), device=cfg.device)
-        fit(pruned, objective, train_cfg, out, _Checkpoints(pruned, vocab, task, str(args.ckpt)), desc="recover")
+        recovery = objective
+        if cfg.distill_alpha:
+            recovery = Distill(objective, pruned, copy.deepcopy(model), torch.arange(len(vocab)),
+                               alpha=cfg.distill_alpha, temperature=cfg.distill_temperature)
+        fit(pruned, recovery, train_cfg, out, _Checkpoints(pruned, vocab, task, str(args.ckpt)), desc="recover")
         pruned = load_task_checkpoint(out / "best", cfg.device)[0]
     else:
         save_task_checkpoint(out / "best", pruned, vocab, task, extra={"pruned_from": str(args.ckpt)})

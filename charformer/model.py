@@ -316,14 +316,19 @@ class CharTransformer(nn.Module):
         kind = KVCache if self.hourglass is None else HourglassCache
         return kind(self.cfg, batch_size, max_len, self.tok_emb.weight.device, self.tok_emb.weight.dtype)
 
-    def hidden_states(self, idx, *, lengths=None, cache: KVCache | HourglassCache | None = None) -> torch.Tensor:
+    def hidden_states(self, idx, *, lengths=None, cache: KVCache | HourglassCache | None = None,
+                      first: torch.Tensor | None = None) -> torch.Tensor:
         """Final-normed features ``(B, T, C)``. With a `cache` (from `new_cache`), idx holds only the new
-        positions."""
+        positions. `first` ``(B, C)``, if given, stands in for the embedding of position 0: a vector that no
+        character id has, such as a criterion marker (`charformer.tasks.criteria`)."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.cfg.block_size:
             raise ValueError(f"sequence of {start + T} characters exceeds block_size={self.cfg.block_size}")
-        x = self.drop(self.tok_emb(idx))  # (B, T, C)
+        x = self.tok_emb(idx)  # (B, T, C)
+        if first is not None:
+            x = torch.cat([first[:, None].to(x.dtype), x[:, 1:]], 1)
+        x = self.drop(x)
         if self.hourglass is None:
             x = self._run_blocks(self.blocks, x, start, lengths, cache)
         else:

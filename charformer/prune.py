@@ -140,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     model, vocab, task = load_task_checkpoint(args.ckpt, cfg.device)
     if task["task"] not in ("cws", "ner"):
         raise CharformerError(f"{args.ckpt}: a {task['task']} model; prune takes a tagger (cws or ner)")
+    if task.get("standards"):
+        raise CharformerError(f"{args.ckpt}: a multi-criteria segmenter; prune takes a single-standard tagger")
     n_layers = model.body.cfg.n_layers
     if not 1 <= cfg.drop_layers < n_layers:
         raise CharformerError(f"--drop-layers must be between 1 and {n_layers - 1} (the model has {n_layers})")

@@ -202,3 +202,28 @@ def test_crf_and_a_pretrained_body_with_an_adapter(corpora, tmp_path):
         seg = Segmenter.load(out, standard="whole")
         assert "".join(seg.cut(SENTENCE)) == SENTENCE
         assert seg.model.standards == ["split", "whole"] and (seg.model.head.crf is not None) == ("--crf" in extra)
+
+
+def test_the_bench_records_single_cross_and_multi(tmp_path):
+    from bench import multi_criteria
+
+    data = tmp_path / "data"
+    corpora = ["ctb6", "weibo"]  # weibo has no test split
+    for i, corpus in enumerate(corpora):
+        (data / "cws" / corpus).mkdir(parents=True)
+        for split in ("train", "dev") + (("test",) if corpus == "ctb6" else ()):
+            write_corpus(data / "cws" / corpus / f"{split}.txt", split=i == 0, seed=i, n=6)
+    out = tmp_path / "mc.json"
+    assert multi_criteria.main(["--init", "scratch", "--steps", "2", "--evals", "1", "--data-dir", str(data),
+                                "--corpora", ",".join(corpora), "--work", str(tmp_path / "work"), "--out-json",
+                                str(out), "--finetune-args", " ".join(TRAIN)]) == 0
+    record = json.loads(out.read_text())
+    assert record["steps_multi"] == 4 and record["test_files"]["weibo"].endswith("dev.txt (no test split: its dev set)")
+    assert list(record["cross"]) == corpora and all(list(row) == corpora for row in record["cross"].values())
+    for corpus in corpora:  # the cross table's diagonal is the single model's own test score
+        assert record["cross"][corpus][corpus] == pytest.approx(record["single"][corpus]["test_f1"])
+    assert set(record["multi"]["test_f1"]) == set(corpora) and record["multi"]["shares"]["weibo"] == 0.5
+    assert record["means"]["single"] == pytest.approx(sum(record["single"][c]["test_f1"] for c in corpora) / 2)
+    assert record["means"]["multi"] == pytest.approx(sum(record["multi"]["test_f1"].values()) / 2)
+    results = json.loads((tmp_path / "work" / "runs" / "multi" / "results.json").read_text())
+    assert results["steps"] == 4 and results["head"]["standards"] == corpora

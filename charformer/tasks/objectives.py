@@ -27,8 +27,8 @@ import torch
 from ..data import IGNORE_INDEX, pad_sequences
 from ..errors import CharformerError
 from ..vocab import CharVocab
-from .heads import Classifier, Tagger
 from .criteria import MIX_TEMPERATURE, marker_width, mean_scores, mix_shares
+from .heads import Classifier, Tagger
 from .metrics import classification_scores, cws_scores, entity_scores
 from .predict import chunk_batch, classify_texts, tag_texts
 from .readers import Document, Sentence

@@ -24,9 +24,10 @@ BIOES, decoded with Viterbi kept to valid tag sequences, optionally with a CRF);
 are read in overlapping windows. Segmentation may learn several standards in one model: --train, --dev and
 --test given as NAME=PATH once per standard train a multi-criteria segmenter, each sentence read after a
 learned marker of its standard, batches mixing the corpora (--mix-temperature), the best checkpoint chosen by
-the mean dev F1 over the standards (charformer.tasks.criteria; charformer.segment --standard NAME). lm continues training a causal checkpoint from pretrain.py on new text, with
-its vocabulary, printing a sample at each evaluation; --original-val measures forgetting, --rehearsal-data mixes
-the original corpus into every batch (charformer.tasks.jobs).
+the mean dev F1 over the standards (charformer.tasks.criteria; charformer.segment --standard NAME). lm
+continues training a causal checkpoint from pretrain.py on new text, with its vocabulary, printing a sample at
+each evaluation; --original-val measures forgetting, --rehearsal-data mixes the original corpus into every
+batch (charformer.tasks.jobs).
 
 Methods (--method, charformer/peft): full trains every weight (--freeze embeddings|bottom:N keeps part fixed);
 freeze trains the head alone (--freeze body means the same; for lm the head is the output layer, tied to the
@@ -123,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=float, default=None, help=f"training length in passes over the training "
                    f"pieces (default {DEFAULT_EPOCHS}; or --max-steps)")
     p.add_argument("--train-examples", type=int, default=None, help="train on a random subset of this many training "
-                   "sentences or texts, drawn with --seed (label-efficiency curves; not for lm)")
+                   "sentences or texts, drawn with --seed (label-efficiency curves; not for lm; per standard with several)")
     add_run_options(p, model_group="model (--init scratch; with a checkpoint only dropout and attn_impl may change)")
     add_dataclass_options(p, MethodConfig, group="fine-tuning method")
     add_dataclass_options(p, ToolboxConfig, group="fine-tuning toolbox (charformer/finetuning; --method cloze: "

@@ -227,3 +227,10 @@ def test_the_bench_records_single_cross_and_multi(tmp_path):
     assert record["means"]["multi"] == pytest.approx(sum(record["multi"]["test_f1"].values()) / 2)
     results = json.loads((tmp_path / "work" / "runs" / "multi" / "results.json").read_text())
     assert results["steps"] == 4 and results["head"]["standards"] == corpora
+
+
+def test_the_server_refuses_a_multi_criteria_model_clearly(mc_model):
+    from charformer.serve.models import load_served
+
+    with pytest.raises(CharformerError, match="a multi-criteria segmenter \\(split, whole\\); the server cannot choose"):
+        load_served(mc_model, {})

@@ -83,6 +83,9 @@ def _load(path: str | Path, device: torch.device, int8: bool, base: str | Path |
         description = {"task": "lm"}
     else:
         model, vocab, description = load_task_checkpoint(path, device, base=base)
+        if description.get("standards"):  # the request format has no field to choose one (yet)
+            raise CharformerError(f"{path}: a multi-criteria segmenter ({', '.join(description['standards'])}); the "
+                                  "server cannot choose a standard: use python -m charformer.segment --standard NAME")
     return Served(name, description["task"], prepare_for_inference(model, int8=int8), vocab, description)
 
 

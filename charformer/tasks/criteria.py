@@ -1,7 +1,7 @@
 """Multi-criteria word segmentation: one model for several segmentation standards, told apart by a marker.
 
-Corpora disagree on what a word is (CTB6 keeps 中国人民 as 中国 人民, another standard may not); a model trained
-on their union would learn an average of the standards. Following Chen et al. 2017 ("Adversarial Multi-Criteria
+Corpora disagree on what a word is (one standard writes 中国 人民 where another writes 中国人民); a model trained
+on their union would learn a blur of the standards. Following Chen et al. 2017 ("Adversarial Multi-Criteria
 Learning for Chinese Word Segmentation") and He et al. 2018 ("Effective Neural Solution for Multi-Criteria Word
 Segmentation"), one shared encoder learns them all, and each sentence starts with a reserved *criterion marker*
 that says which standard its tags follow; at inference the user chooses the standard by choosing the marker:
@@ -19,7 +19,7 @@ characters and every window carries its marker.
 
 Batches mix the corpora row by row. Corpus k of n_k training pieces is drawn with probability proportional to
 ``n_k ** (1 / temperature)`` (`mix_shares`), the temperature-smoothed sampling of multilingual translation
-(Arivazhagan et al. 2019, "Massively Multilingual Neural Machine Translation in the Wild", section 4.2; T = 5
+(Arivazhagan et al. 2019, "Massively Multilingual Neural Machine Translation in the Wild"; T = 5
 there): T = 1 draws in proportion to size, as if the corpora were one file; T = inf gives every corpus the same
 share, however small. The best checkpoint is the one with the best mean dev F1 over the standards, so a
 standard with a small dev set counts as much as a large one.

@@ -63,6 +63,7 @@ class BenchArgs:
     work: Path
     out_json: Path
     rerun: bool
+    part: str  # "all", or only the "single" models, or only the "multi" model
 
 
 def parse_args(argv: list[str] | None) -> BenchArgs:
@@ -81,12 +82,15 @@ def parse_args(argv: list[str] | None) -> BenchArgs:
     p.add_argument("--work", default=str(ROOT / "out" / "multi_criteria"), help="folder of the runs")
     p.add_argument("--out-json", default=str(ROOT / "out" / "multi_criteria.json"), help="results file")
     p.add_argument("--rerun", action="store_true", help="run again even where a finished run is found")
+    p.add_argument("--part", choices=("all", "single", "multi"), default="all",
+                   help="train only the single models or only the multi model (two processes on two cores, sharing "
+                   "--work; a last run with the default 'all' reuses both and writes the full JSON)")
     a = p.parse_args(argv)
     corpora = [c.strip() for c in a.corpora.split(",") if c.strip()]
     if a.steps < 1 or a.evals < 1 or len(corpora) < 2:
         raise CharformerError("need --steps >= 1, --evals >= 1 and at least two corpora")
     return BenchArgs(a.init, a.steps, a.evals, Path(a.data_dir), corpora, a.mix_temperature,
-                     shlex.split(a.finetune_args), Path(a.work), Path(a.out_json), a.rerun)
+                     shlex.split(a.finetune_args), Path(a.work), Path(a.out_json), a.rerun, a.part)
 
 
 def corpus_files(data: Path, corpus: str) -> dict[str, Path]:
@@ -145,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out_json.parent.mkdir(parents=True, exist_ok=True)
         args.out_json.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
 
-    for corpus in args.corpora:
+    for corpus in args.corpora if args.part != "multi" else ():
         t0 = time.time()
         r = finetune_run(args.work, f"single_{corpus}", [*common_args(args, args.steps),
                          *(x for split in ("train", "dev", "test") for x in (f"--{split}", str(files[corpus][split])))],
@@ -158,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         for other in args.corpora:
             record["cross"][corpus][other] = test_f1(ckpt, files[other])
             save()
+    if args.part == "single":
+        return 0
     t0 = time.time()
     named = [x for split in ("train", "dev", "test") for c in args.corpora
              for x in (f"--{split}", f"{c}={files[c][split]}")]

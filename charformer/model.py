@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import ATTN_IMPLS, attention
+from .attention import ATTN_IMPLS, attention, decode_attention
 from .hourglass import SHORTEN_POOLS, SHORTEN_UPSAMPLES, Hourglass, ShortenState
 
 
@@ -166,6 +166,57 @@ class KVCache:
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
+class RaggedKVCache:
+    """Keys and values of a batch of sequences of different lengths, for continuous batching
+    (`charformer.batch_decode`): row b holds ``lengths[b]`` positions, ``(B,)`` int64; k/v per layer
+    ``(B, H, max_len, D)``. A step either prefills empty rows (right-padded, with their real lengths given) or
+    adds one position to every row, each at its own position; rows leave (`keep`) and join (`extend`) between
+    steps. Plain (non-hourglass) models only."""
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device, dtype):
+        shape = (batch_size, cfg.n_heads, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.max_len = max_len
+        self.end = 0  # key slots the current step reads: the longest row after it
+
+    def positions(self, t: int) -> torch.Tensor:
+        """Start a step of `t` new positions per row; returns their positions ``(B, t)`` int64. Raises ValueError
+        for several positions on a row that is not empty, or for a row that would pass max_len."""
+        if t > 1 and bool(self.lengths.any()):
+            raise ValueError("a step of several positions needs empty rows (a prefill)")
+        self.end = (int(self.lengths.max()) if len(self.lengths) else 0) + t
+        if self.end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; cannot append up to {self.end}")
+        return self.lengths[:, None] + torch.arange(t, device=self.lengths.device)
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store new k/v ``(B, H, t, D)`` at each row's positions; return the keys/values ``(B, H, end, D)``
+        (a row's slots past its length hold stale values that its key length masks)."""
+        if k.shape[2] == 1:
+            rows = torch.arange(k.shape[0], device=k.device)
+            self.k[layer][rows, :, self.lengths] = k[:, :, 0]
+            self.v[layer][rows, :, self.lengths] = v[:, :, 0]
+        else:
+            self.k[layer][:, :, : k.shape[2]] = k
+            self.v[layer][:, :, : k.shape[2]] = v
+        return self.k[layer][:, :, : self.end], self.v[layer][:, :, : self.end]
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only `rows`, in that order (the others' sequences left the batch)."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.lengths.device)
+        self.k = [k.index_select(0, index) for k in self.k]
+        self.v = [v.index_select(0, index) for v in self.v]
+        self.lengths = self.lengths.index_select(0, index)
+
+    def extend(self, other: "RaggedKVCache") -> None:
+        """Append the rows of `other` (same model and max_len) after these."""
+        self.k = [torch.cat(pair) for pair in zip(self.k, other.k)]
+        self.v = [torch.cat(pair) for pair in zip(self.v, other.v)]
+        self.lengths = torch.cat([self.lengths, other.lengths])
+
+
 class HourglassCache:
     """The decoding state of an hourglass model: `full`, a `KVCache` of the pre and post layers (max_len
     positions); `short`, one of the middle layers (ceil(max_len / K) groups); `state`, the `ShortenState`.
@@ -218,7 +269,12 @@ class SelfAttention(nn.Module):
         if self.kv_prefix is not None:
             # After the cache, so the cache holds only real positions; queries stay aligned to the end of the keys.
             k, v, lengths = self.kv_prefix(k, v, lengths)  # (B, H, P + Tk, D), lengths + P
-        y = attention(q, k, v, causal=self.cfg.causal, key_lengths=lengths, window=self.window, impl=self.cfg.attn_impl)
+        if isinstance(cache, RaggedKVCache) and T == 1:
+            # Rows of different lengths: each query sits at its own row's last key, not at the end of the keys.
+            y = decode_attention(q, k, v, key_lengths=lengths, window=self.window)
+        else:
+            y = attention(q, k, v, causal=self.cfg.causal, key_lengths=lengths, window=self.window,
+                          impl=self.cfg.attn_impl)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.o_proj(y))
 
@@ -302,24 +358,38 @@ class CharTransformer(nn.Module):
 
     def _rotations(self, start: int, length: int) -> torch.Tensor:
         """RoPE rotations ``(length, D/2)`` complex64 for positions start..start+length-1."""
+        return torch.view_as_complex(self._rope_fp32()[start : start + length])
+
+    def _row_rotations(self, positions: torch.Tensor) -> torch.Tensor:
+        """RoPE rotations ``(B, 1, T, D/2)`` complex64 for per-row positions ``(B, T)`` (ragged batches)."""
+        return torch.view_as_complex(self._rope_fp32()[positions])[:, None]
+
+    def _rope_fp32(self) -> torch.Tensor:
         if self.rope.dtype != torch.float32:  # the model was cast to fp16/bf16: angles need fp32, rebuild them
             self.rope = self._rope_pairs().to(self.rope.device)
-        return torch.view_as_complex(self.rope[start : start + length])
+        return self.rope
 
     @staticmethod
     def _init_weights(module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def new_cache(self, batch_size: int, max_len: int) -> KVCache | HourglassCache:
-        """An empty decoding cache for `batch_size` sequences of up to `max_len` characters."""
-        kind = KVCache if self.hourglass is None else HourglassCache
+    def new_cache(self, batch_size: int, max_len: int, *, ragged: bool = False) -> KVCache | HourglassCache | RaggedKVCache:
+        """An empty decoding cache for `batch_size` sequences of up to `max_len` characters; `ragged`, one whose
+        rows may differ in length (`RaggedKVCache`; raises ValueError for an hourglass model)."""
+        if ragged and self.hourglass is not None:
+            raise ValueError("an hourglass model keeps one decoding state per batch: no ragged cache")
+        kind = RaggedKVCache if ragged else KVCache if self.hourglass is None else HourglassCache
         return kind(self.cfg, batch_size, max_len, self.tok_emb.weight.device, self.tok_emb.weight.dtype)
 
-    def hidden_states(self, idx, *, lengths=None, cache: KVCache | HourglassCache | None = None) -> torch.Tensor:
+    def hidden_states(self, idx, *, lengths=None,
+                      cache: KVCache | HourglassCache | RaggedKVCache | None = None) -> torch.Tensor:
         """Final-normed features ``(B, T, C)``. With a `cache` (from `new_cache`), idx holds only the new
-        positions."""
+        positions; with a `RaggedKVCache`, `lengths` (a prefill's right-padded prompt lengths) or 1 (a decoding
+        step) new positions per row."""
         B, T = idx.shape
+        if isinstance(cache, RaggedKVCache):
+            return self._ragged_step(idx, lengths, cache)
         start = cache.length if cache is not None else 0
         if start + T > self.cfg.block_size:
             raise ValueError(f"sequence of {start + T} characters exceeds block_size={self.cfg.block_size}")
@@ -330,6 +400,19 @@ class CharTransformer(nn.Module):
             x = self._hourglass(x, start, lengths, cache)
         if cache is not None:
             cache.length += T
+        return self.norm_f(x)
+
+    def _ragged_step(self, idx, lengths, cache: RaggedKVCache) -> torch.Tensor:
+        """`hidden_states` over rows at their own positions: row b's new positions follow its cached ones."""
+        positions = cache.positions(idx.shape[1])  # (B, T)
+        if cache.end > self.cfg.block_size:
+            raise ValueError(f"sequence of {cache.end} characters exceeds block_size={self.cfg.block_size}")
+        key_lengths = cache.lengths + (idx.shape[1] if lengths is None else lengths.to(cache.lengths.device))
+        x = self.drop(self.tok_emb(idx))  # (B, T, C)
+        rotations = self._row_rotations(positions)  # (B, 1, T, D/2) complex
+        for i, block in enumerate(self.blocks):
+            x = block(x, rotations, lengths=key_lengths, cache=cache, layer=i)
+        cache.lengths = key_lengths
         return self.norm_f(x)
 
     def _run_blocks(self, blocks, x, start: int, lengths, cache: KVCache | None, first_layer: int = 0):

@@ -29,8 +29,8 @@ from typing import Iterator
 import torch
 
 from .generate import generate_steps, sample_next, seeded_generator
+from .data import pad_sequences
 from .model import CharTransformer
-from .vocab import PAD_ID
 
 
 @dataclass(eq=False)
@@ -150,11 +150,8 @@ class BatchDecoder:
     def _prefill(self, rows: list[_Row]) -> torch.Tensor:
         """Run the last block_size ids of each row, right-padded, into a new cache appended to ours; the
         next-id logits ``(G, V)`` of each row's last position."""
-        contexts = [row.ids[-self.block :] for row in rows]
-        lengths = torch.tensor([len(c) for c in contexts], device=self.device)  # (G,)
-        idx = torch.full((len(rows), int(lengths.max())), PAD_ID, dtype=torch.long, device=self.device)
-        for i, context in enumerate(contexts):
-            idx[i, : len(context)] = torch.tensor(context)
+        idx, lengths = pad_sequences([row.ids[-self.block :] for row in rows])  # (G, T), (G,)
+        idx, lengths = idx.to(self.device), lengths.to(self.device)
         last = torch.arange(idx.shape[1], device=self.device) == (lengths - 1)[:, None]  # (G, T) bool
         cache = self.model.new_cache(len(rows), self.block, ragged=True)
         logits = self.model(idx, lengths=lengths, cache=cache, select=last)  # (G, V)

@@ -61,8 +61,10 @@ CLIENT_CLOSED = 499  # the status nginx logs for a client that closed the connec
 @dataclass
 class BatchConfig:
     batching: bool = field(default=True, metadata={"help": "gather concurrent requests into one model batch"})
-    max_batch: int = field(default=64, metadata={"help": "texts per gathered batch"})
-    max_wait_ms: float = field(default=5.0, metadata={"help": "longest wait for a batch to fill, in ms"})
+    max_batch: int = field(default=64, metadata={"help": "texts per gathered batch; generation: sequences per "
+                                                         "decoding step"})
+    max_wait_ms: float = field(default=5.0, metadata={"help": "longest wait for a batch to fill, in ms (not "
+                                                                 "generation: it joins at the next step)"})
 
 
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:

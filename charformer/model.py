@@ -169,13 +169,12 @@ def _slots(k: torch.Tensor, max_len: int) -> torch.Tensor:
 class KVCache:
     """Keys and values of the tokens decoded so far, per layer, preallocated to ``max_len`` positions.
 
-    k/v per layer: ``(B, H, max_len, D)`` (H: that layer's heads), allocated at the layer's first step; `length`
-    is how many positions are filled (the same for every sequence in the batch). `n_layers` defaults to
-    cfg.n_layers.
+    k/v per layer: ``(B, H, max_len, D)`` (H: that layer's heads), allocated at the layer's first step, in the
+    new keys' batch size, device and dtype; `length` is how many positions are filled (the same for every
+    sequence in the batch).
     """
 
-    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device, dtype, n_layers: int | None = None):
-        n_layers = cfg.n_layers if n_layers is None else n_layers
+    def __init__(self, n_layers: int, max_len: int):
         self.k: list[torch.Tensor | None] = [None] * n_layers
         self.v: list[torch.Tensor | None] = [None] * n_layers
         self.max_len = max_len
@@ -200,9 +199,9 @@ class RaggedKVCache:
     adds one position to every row, each at its own position; rows leave (`keep`) and join (`extend`) between
     steps. Plain (non-hourglass) models only. Layers are allocated at their first step, as in `KVCache`."""
 
-    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device, dtype):
-        self.k: list[torch.Tensor | None] = [None] * cfg.n_layers
-        self.v: list[torch.Tensor | None] = [None] * cfg.n_layers
+    def __init__(self, n_layers: int, batch_size: int, max_len: int, device):
+        self.k: list[torch.Tensor | None] = [None] * n_layers
+        self.v: list[torch.Tensor | None] = [None] * n_layers
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.max_len = max_len
         self.end = 0  # key slots the current step reads: the longest row after it
@@ -255,8 +254,8 @@ class HourglassCache:
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device, dtype):
         pre, mid, post = cfg.shorten_layers
-        self.full = KVCache(cfg, batch_size, max_len, device, dtype, n_layers=pre + post)
-        self.short = KVCache(cfg, batch_size, -(-max_len // cfg.shorten), device, dtype, n_layers=mid)
+        self.full = KVCache(pre + post, max_len)
+        self.short = KVCache(mid, -(-max_len // cfg.shorten))
         self.state = ShortenState(batch_size, cfg.shorten, cfg.d_model, device, dtype)
         self.max_len = max_len
 
@@ -409,13 +408,18 @@ class CharTransformer(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def new_cache(self, batch_size: int, max_len: int, *, ragged: bool = False) -> KVCache | HourglassCache | RaggedKVCache:
+    def new_cache(self, batch_size: int, max_len: int, *,
+                  ragged: bool = False) -> KVCache | HourglassCache | RaggedKVCache:
         """An empty decoding cache for `batch_size` sequences of up to `max_len` characters; `ragged`, one whose
         rows may differ in length (`RaggedKVCache`; raises ValueError for an hourglass model)."""
-        if ragged and self.hourglass is not None:
-            raise ValueError("an hourglass model keeps one decoding state per batch: no ragged cache")
-        kind = RaggedKVCache if ragged else KVCache if self.hourglass is None else HourglassCache
-        return kind(self.cfg, batch_size, max_len, self.tok_emb.weight.device, self.tok_emb.weight.dtype)
+        weight = self.tok_emb.weight
+        if self.hourglass is not None:
+            if ragged:
+                raise ValueError("an hourglass model keeps one decoding state per batch: no ragged cache")
+            return HourglassCache(self.cfg, batch_size, max_len, weight.device, weight.dtype)
+        if ragged:
+            return RaggedKVCache(self.cfg.n_layers, batch_size, max_len, weight.device)
+        return KVCache(self.cfg.n_layers, max_len)
 
     def hidden_states(self, idx, *, lengths=None,
                       cache: KVCache | HourglassCache | RaggedKVCache | None = None) -> torch.Tensor:
@@ -493,8 +497,9 @@ class CharTransformer(nn.Module):
         2 FLOPs per multiply-add: ``2 * N_matmul`` for the weight matmuls (all parameters except the norms;
         the embedding lookup is free but the tied LM head is a real V x C matmul, so it counts once) plus
         ``4 * T * H * D`` per layer (``4 * n_layers * T * d_model`` unless heads were pruned) for q·k and p·v
-        over T keys (full T, as PaLM counts it, Chowdhery et al. 2022, appendix B). A training step costs about 3x this (backward = 2x forward). In an hourglass the
-        middle layers, and the shortening maps, run once per K characters, so their share is divided by K.
+        over T keys (full T, as PaLM counts it, Chowdhery et al. 2022, appendix B). A training step costs about
+        3x this (backward = 2x forward). In an hourglass the middle layers, and the shortening maps, run once per
+        K characters, so their share is divided by K.
         """
         t = seq_len or self.cfg.block_size
         k = self.cfg.shorten

@@ -19,11 +19,12 @@ smaller ``n_layers`` and per-layer head counts (``layer_heads`` in config.json),
 Recovery: the pruned model is fine-tuned for --recover-steps steps on --train (`charformer.train.fit`, the
 fine-tuning objective of finetune.py), keeping the best dev checkpoint in OUT/best.
 
-Report (stdout and OUT/results.json): for the original, the pruned model before recovery and after it, the
-parameter count, the size of model.safetensors, the test F1, and segmentation speed (characters/s of the
-test sentences through `tag_texts`, prepared as the prediction tools prepare a model; the median of --repeats
-runs, the original and the pruned model alternating so that other load falls on both alike), and the
-speed-up and F1 change of the pruned model.
+Report (stdout and OUT/results.json): the importance measured and what was removed (``dropped_layers``, and
+``dropped_heads`` by layer of the model without those layers); for the original, the pruned model before
+recovery and after it, the layer count, heads per layer, parameter count, size of model.safetensors, test F1,
+and segmentation speed (characters/s of the test sentences through `tag_texts`, prepared as the prediction
+tools prepare a model; the median of --repeats runs, the original and the pruned model alternating so that
+other load falls on both alike); and the speed-up and F1 change of the pruned model.
 """
 
 from __future__ import annotations
@@ -89,6 +90,17 @@ def layer_importance(model: Tagger, objective: TaggingObjective, sentences: list
     full = objective.score(model, sentences)["f1"]
     return [round(100 * (full - objective.score(without_layers(model, {i}), sentences)["f1"]), 3)
             for i in range(len(model.body.blocks))]
+
+
+def prune_layers(model: Tagger, objective: TaggingObjective, dev: list, cfg: PruneConfig) -> tuple[Tagger, dict]:
+    """A copy of `model` without its cfg.drop_layers least important layers (`layer_importance` on the `dev`
+    sentences), and what was measured and removed."""
+    if not cfg.drop_layers:
+        return without_layers(model, set()), {"dropped_layers": []}
+    importance = layer_importance(model, objective, dev)
+    drop = sorted(sorted(range(len(importance)), key=lambda i: importance[i])[: cfg.drop_layers])
+    print(f"dev F1 lost when each layer is skipped (points): {importance}; dropping layers {drop}")
+    return without_layers(model, set(drop)), {"layer_importance_dev_f1_points": importance, "dropped_layers": drop}
 
 
 def prune_heads(model: Tagger, task: dict, dev: list, vocab, cfg: PruneConfig) -> dict:
@@ -175,14 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {"command": " ".join(["python -m charformer.prune", *(sys.argv[1:] if argv is None else argv)]),
                "ckpt": str(args.ckpt), "config": {k.name: getattr(cfg, k.name) for k in fields(cfg)}}
 
-    drop = set()
-    if cfg.drop_layers:
-        importance = layer_importance(model, objective, dev)
-        drop = set(sorted(range(n_layers), key=lambda i: importance[i])[: cfg.drop_layers])
-        print(f"dev F1 lost when each layer is skipped (points): {importance}; dropping layers {sorted(drop)}")
-        results["layer_importance_dev_f1_points"] = importance
-    results["dropped_layers"] = sorted(drop)
-    pruned = without_layers(model, drop)
+    pruned, measured = prune_layers(model, objective, dev, cfg)
+    results.update(measured)
     if cfg.drop_heads:
         results.update(prune_heads(pruned, task, dev, vocab, cfg))
     results["original"] = describe(model, Path(args.ckpt), objective, data["test"])

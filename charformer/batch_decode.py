@@ -98,18 +98,7 @@ class BatchDecoder:
         """Advance every running request by one id; returns ``(request, new id)`` for each, in row order
         (`request.finished` tells which ended with this id; they have left the batch)."""
         self._keep([i for i, row in enumerate(self.rows) if not row.request.cancelled])
-        joining = []
-        while self.waiting and len(self.rows) + len(joining) < self.max_batch:
-            request = self.waiting.popleft()
-            if not request.cancelled:
-                ids = list(request.prompt)
-                row = _Row(request, seeded_generator(request.seed, self.device), ids)
-                if not self.ragged:
-                    row.steps = generate_steps(
-                        self.model, torch.tensor([ids], device=self.device), request.max_new_tokens,
-                        temperature=request.temperature, top_k=request.top_k, top_p=request.top_p,
-                        seed=request.seed, eos_id=request.eos_id)
-                joining.append(row)
+        joining = self._admit()
         new_ids = self._ragged_step(joining) if self.ragged else self._one_by_one(joining)
         out = []
         for row, new_id in zip(self.rows, new_ids):
@@ -120,6 +109,22 @@ class BatchDecoder:
             out.append((request, new_id))
         self._keep([i for i, row in enumerate(self.rows) if not row.request.finished])
         return out
+
+    def _admit(self) -> list[_Row]:
+        """Rows for the waiting requests that fit in the batch (cancelled ones are dropped)."""
+        joining = []
+        while self.waiting and len(self.rows) + len(joining) < self.max_batch:
+            request = self.waiting.popleft()
+            if request.cancelled:
+                continue
+            row = _Row(request, seeded_generator(request.seed, self.device), list(request.prompt))
+            if not self.ragged:
+                row.steps = generate_steps(
+                    self.model, torch.tensor([row.ids], device=self.device), request.max_new_tokens,
+                    temperature=request.temperature, top_k=request.top_k, top_p=request.top_p, seed=request.seed,
+                    eos_id=request.eos_id)
+            joining.append(row)
+        return joining
 
     def _keep(self, kept: list[int]) -> None:
         if len(kept) < len(self.rows):

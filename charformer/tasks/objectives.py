@@ -20,7 +20,7 @@ for segmentation, entity F1 for NER, accuracy for classification (`metrics`).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -104,7 +104,15 @@ class TaggingObjective:
             draws = torch.multinomial(self.piece_weights[bucket], self.batch_size, replacement=True, generator=generator)
         else:
             draws = torch.randint(len(bucket), (self.batch_size,), generator=generator)
-        picks = bucket[draws].tolist()
+        return self._collate(bucket[draws].tolist())
+
+    def batches_in_order(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Every training piece once, in order, in batches of `batch_size` as `batch` makes them (for a
+        measurement over a fixed set, such as head importance in `charformer.prune`)."""
+        for start in range(0, len(self.pieces), self.batch_size):
+            yield self._collate(range(start, min(start + self.batch_size, len(self.pieces))))
+
+    def _collate(self, picks) -> tuple[torch.Tensor, ...]:
         ids, lengths = pad_sequences([self.pieces[i][0] for i in picks])
         tags, _ = pad_sequences([self.pieces[i][1] for i in picks], pad=IGNORE_INDEX)
         if not self.standards:

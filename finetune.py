@@ -5,6 +5,8 @@ method.
     python finetune.py --task cws --train ctb6/train.txt --dev ctb6/dev.txt --test ctb6/test.txt \\
         --init out/zh_mlm --out out/ctb6_cws --epochs 3
     python finetune.py --task cws ... --init out/zh_mlm --out out/ctb6_cws_lora --method lora --lora-r 8
+    python finetune.py --task cws --train ctb6=ctb6/train.txt --train udc=udc/train.txt --dev ctb6=ctb6/dev.txt \
+        --dev udc=udc/dev.txt --test ctb6=ctb6/test.txt --test udc=udc/test.txt --init out/zh_mlm --out out/mc_cws
     python finetune.py --task ner --train resume/train.char.bmes --dev resume/dev.char.bmes \\
         --test resume/test.char.bmes --init scratch --n-layers 4 --n-heads 4 --d-model 192 --block-size 128 --crf
     python finetune.py --task classify --train chnsenticorp/train.tsv --dev chnsenticorp/dev.tsv \\
@@ -21,9 +23,13 @@ architecture and vocabulary; characters it never saw read as [UNK]) or built wit
 scratch: the architecture from the model options, default bidirectional; the vocabulary from the training
 file); formats and their errors: charformer.tasks.readers. Segmentation and NER tag characters (BMES / BIO /
 BIOES, decoded with Viterbi kept to valid tag sequences, optionally with a CRF); sentences longer than a block
-are read in overlapping windows. lm continues training a causal checkpoint from pretrain.py on new text, with
-its vocabulary, printing a sample at each evaluation; --original-val measures forgetting, --rehearsal-data mixes
-the original corpus into every batch (charformer.tasks.jobs).
+are read in overlapping windows. Segmentation may learn several standards in one model: --train, --dev and
+--test given as NAME=PATH once per standard train a multi-criteria segmenter, each sentence read after a
+learned marker of its standard, batches mixing the corpora (--mix-temperature), the best checkpoint chosen by
+the mean dev F1 over the standards (charformer.tasks.criteria; charformer.segment --standard NAME). lm
+continues training a causal checkpoint from pretrain.py on new text, with its vocabulary, printing a sample at
+each evaluation; --original-val measures forgetting, --rehearsal-data mixes the original corpus into every
+batch (charformer.tasks.jobs).
 
 Methods (--method, charformer/peft): full trains every weight (--freeze embeddings|bottom:N keeps part fixed);
 freeze trains the head alone (--freeze body means the same; for lm the head is the output layer, tied to the
@@ -51,7 +57,10 @@ take OUT: `python -m charformer.segment --ckpt OUT` (.tag, .classify; .sample fo
 the adapter and put the adapter on it; `--base DIR` names the base when it has moved.
 
 OUT/results.json: test_before and test_after (the test set scored with the model as loaded and after
-fine-tuning) -- cws: f1, precision, recall, oov_recall, iv_recall (SIGHAN word scoring); ner: f1, precision,
+fine-tuning) -- cws: f1, precision, recall, oov_recall, iv_recall (SIGHAN word scoring; with several
+standards their means over the standards, each standard's own under "standards", and the same for the dev
+sets in dev_before and dev_after; "standards" at the top level gives each one's training examples and share of
+the batches); ner: f1, precision,
 recall and per_type; classify: accuracy, macro_f1, per_class_f1, confusion; lm: loss (nats/char), bpc, chars,
 and also dev_before/after, original_before/after, original_bpc_before/after, sample_before/after, coverage.
 Then method (cloze for --method cloze), method_options, toolbox (every toolbox option), augmented_examples,
@@ -78,6 +87,7 @@ from charformer.model import ModelConfig
 from charformer.peft import describe_trainable
 from charformer.peft.training import MethodConfig, Tuning, check_options_apply
 from charformer.run import RunArgs, add_run_options, describe_batch, run_args, start_processes, train, write_results
+from charformer.tasks.criteria import check_same_standards, parse_corpora
 from charformer.tasks.jobs import Job, JobSpec, LMConfig, TaskConfig, lm_job, task_job
 from charformer.tasks.model import TASKS, freeze
 from charformer.train import TrainConfig
@@ -107,15 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default=None, choices=ALL_TASKS, help="cws (word segmentation), ner, classify, or lm "
                    "(continued language-model training)")
-    p.add_argument("--train", default=None, help="training file")
-    p.add_argument("--dev", default=None, help="development file (early stopping, best checkpoint)")
-    p.add_argument("--test", default=None, help="test file (scored before and after fine-tuning; optional for lm)")
+    p.add_argument("--train", default=None, action="append", help="training file; cws: or NAME=PATH, given once "
+                   "per segmentation standard, for one multi-criteria model (charformer.tasks.criteria)")
+    p.add_argument("--dev", default=None, action="append", help="development file (early stopping, best "
+                   "checkpoint); NAME=PATH per standard as --train")
+    p.add_argument("--test", default=None, action="append", help="test file (scored before and after fine-tuning; "
+                   "optional for lm); NAME=PATH per standard as --train")
     p.add_argument("--init", default=None, help="pretrained checkpoint directory (pretrain.py --out), or 'scratch'")
     p.add_argument("--out", default=None, help="output directory (best/, last/, metrics.jsonl, curves.png, results.json)")
     p.add_argument("--epochs", type=float, default=None, help=f"training length in passes over the training "
                    f"pieces (default {DEFAULT_EPOCHS}; or --max-steps)")
     p.add_argument("--train-examples", type=int, default=None, help="train on a random subset of this many training "
-                   "sentences or texts, drawn with --seed (label-efficiency curves; not for lm)")
+                   "sentences or texts, drawn with --seed (label-efficiency curves; not for lm; per standard with several)")
     add_run_options(p, model_group="model (--init scratch; with a checkpoint only dropout and attn_impl may change)")
     add_dataclass_options(p, MethodConfig, group="fine-tuning method")
     add_dataclass_options(p, ToolboxConfig, group="fine-tuning toolbox (charformer/finetuning; --method cloze: "
@@ -136,10 +149,14 @@ def parse_args(argv: list[str] | None) -> FinetuneArgs:
         raise CharformerError(f"missing {', '.join(missing)} (on the command line or in the --config file)")
     if task not in ALL_TASKS:
         raise CharformerError(f"--task must be one of {ALL_TASKS}, got {task!r}")
+    files = {name: parse_corpora(name, given[name]) for name in ("train", "dev", "test") if given.get(name)}
+    check_same_standards(files)
+    if task == "lm" and isinstance(files["train"], dict):
+        raise CharformerError("--task lm takes plain files, not NAME=PATH (that is for multi-criteria cws)")
     run = run_args(given)
     cloze = take_cloze(given)  # before the method is chosen: cloze is full fine-tuning for it
     toolbox = build_dataclass(ToolboxConfig, given)
-    spec = JobSpec(task, given["train"], given["dev"], given.get("test"), given["init"],
+    spec = JobSpec(task, files["train"], files["dev"], files.get("test"), given["init"],
                    given_fields(ModelConfig, given))
     task_cfg, train_cfg = build_dataclass(TaskConfig, given), build_dataclass(TrainConfig, given)
     method = choose_method(build_dataclass(MethodConfig, given), set(given_fields(MethodConfig, given)), task_cfg, spec)
@@ -254,6 +271,8 @@ def print_report(task: str, results: dict) -> None:
         print(f"\n{name} before fine-tuning: {_headline(task, results[f'{name}_before'])}")
         print(f"{name} after fine-tuning:  {_headline(task, results[f'{name}_after'])}")
     after = results.get("test_after")
+    for name, scores in after.get("standards", {}).items() if task == "cws" else ():
+        print(f"  {name:<12} {_headline(task, scores)}  (dev f1 {results['dev_after']['standards'][name]['f1']:.4f})")
     if task == "lm":
         if "original_bpc_after" in results:
             change = results["original_bpc_after"] - results["original_bpc_before"]

@@ -14,6 +14,9 @@ keys, per-sequence key lengths, optional sliding window; rows with no visible ke
 * ``"flex"``: ``torch.nn.attention.flex_attention`` with a block mask (`charformer.window_attention`); on the CPU
   inference only (no backward there).
 * ``"auto"``: ``"triton"`` on CUDA tensors, ``"sdpa"`` elsewhere.
+
+`decode_attention` is the one exception to the convention: a decoding step over rows of different lengths
+(continuous batching), where each row's single query sits at its own last key.
 """
 
 from __future__ import annotations
@@ -74,6 +77,21 @@ def attention(
     if impl == "fused_softmax":
         return _fused_softmax_attention(q, k, v, causal=causal, key_lengths=key_lengths, window=window)
     return _sdpa(q, k, v, causal=causal, key_lengths=key_lengths, window=window)
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, key_lengths: torch.Tensor,
+                     window: int | None = None) -> torch.Tensor:
+    """Causal attention of one new query per row over a ragged batch (continuous batching). q ``(B, H, 1, D)``,
+    k/v ``(B, H, Tk, D)``, key_lengths ``(B,)`` int64, each >= 1. Row b's query is its key
+    ``key_lengths[b] - 1`` (not the last key, as in `attention`'s convention) and sees keys
+    ``0 .. key_lengths[b] - 1``, the last `window` of them with a window. Returns ``(B, H, 1, D)`` (SDPA with a
+    key mask, whatever the model's attn_impl: one query per row needs no kernel of its own)."""
+    pos = torch.arange(k.shape[-2], device=k.device)
+    lengths = key_lengths.to(k.device)[:, None]  # (B, 1)
+    visible = pos < lengths  # (B, Tk)
+    if window is not None:
+        visible &= pos >= lengths - window
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=visible[:, None, None, :])
 
 
 def _sdpa(q, k, v, *, causal, key_lengths, window):

@@ -10,6 +10,7 @@ decoding therefore compute the same logits at every step (`tests/test_generate.p
 Sampling follows the usual recipe: divide logits by the temperature, keep the top-k, then the smallest set
 whose probability reaches top-p (nucleus sampling, Holtzman et al. 2020), and draw from a seeded generator.
 `generate_steps` yields the new characters one step at a time (for streaming); `generate` collects them.
+Many sequences that start and stop at different times share forward passes in `charformer.batch_decode`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,25 @@ def filter_logits(logits: torch.Tensor, *, top_k: int | None = None, top_p: floa
     return logits
 
 
+def seeded_generator(seed: int | None, device) -> torch.Generator:
+    """A random generator for sampling, seeded with `seed`, or from the OS when None."""
+    gen = torch.Generator(device=device)
+    if seed is not None:
+        gen.manual_seed(seed)
+    else:
+        gen.seed()
+    return gen
+
+
+def sample_next(logits: torch.Tensor, *, temperature: float, top_k: int | None, top_p: float | None,
+                generator: torch.Generator) -> torch.Tensor:
+    """The next ids ``(B, 1)`` int64 drawn from next-token logits ``(B, V)`` float (argmax at temperature 0)."""
+    if temperature == 0:
+        return logits.argmax(-1, keepdim=True)
+    probs = filter_logits(logits / temperature, top_k=top_k, top_p=top_p).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator)
+
+
 @torch.no_grad()
 def generate_steps(
     model: CharTransformer,
@@ -57,11 +77,7 @@ def generate_steps(
         raise ValueError("generation needs a causal model (causal=True)")
     model.eval()
     block = model.cfg.block_size
-    gen = torch.Generator(device=idx.device)
-    if seed is not None:
-        gen.manual_seed(seed)
-    else:
-        gen.seed()
+    gen = seeded_generator(seed, idx.device)
     cache = None
     finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
     for _ in range(max_new_tokens):
@@ -75,11 +91,7 @@ def generate_steps(
             else:
                 logits = model(idx[:, -1:], cache=cache)[:, -1]
         logits = logits.float()
-        if temperature == 0:
-            next_id = logits.argmax(-1, keepdim=True)
-        else:
-            probs = filter_logits(logits / temperature, top_k=top_k, top_p=top_p).softmax(-1)
-            next_id = torch.multinomial(probs, 1, generator=gen)
+        next_id = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=gen)
         if eos_id is not None:
             next_id = next_id.masked_fill(finished[:, None], eos_id)
             finished |= next_id[:, 0] == eos_id

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import ATTN_IMPLS, attention
+from .attention import ATTN_IMPLS, attention, decode_attention
 from .hourglass import SHORTEN_POOLS, SHORTEN_UPSAMPLES, Hourglass, ShortenState
 
 
@@ -48,6 +48,9 @@ class ModelConfig:
     shorten_pool: str = "mean"  # "mean", "linear" or "gbst" (bidirectional only)
     shorten_upsample: str = "repeat"  # "repeat" or "linear"
     gbst_blocks: int = 4  # gbst: candidate block sizes 1..gbst_blocks
+    # Attention heads of each layer after head pruning (charformer.prune), each 1..n_heads, of head dim
+    # d_model / n_heads; empty means n_heads in every layer (and is not written to config.json).
+    layer_heads: list[int] = field(default_factory=list)
 
     def __post_init__(self):
         if self.d_ff is None:
@@ -61,6 +64,16 @@ class ModelConfig:
         if self.attn_impl not in ATTN_IMPLS:
             raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
         self._check_shorten()
+        if self.layer_heads and (len(self.layer_heads) != self.n_layers
+                                 or not all(1 <= h <= self.n_heads for h in self.layer_heads)):
+            raise ValueError(f"layer_heads must give each of the {self.n_layers} layers 1..{self.n_heads} heads, "
+                             f"got {self.layer_heads}")
+        if self.layer_heads == [self.n_heads] * self.n_layers:
+            self.layer_heads = []
+
+    def heads_of(self, layer: int) -> int:
+        """Attention heads of layer `layer` (n_heads unless heads were pruned)."""
+        return self.layer_heads[layer] if self.layer_heads else self.n_heads
 
     def _check_shorten(self):
         if self.shorten < 1:
@@ -85,7 +98,12 @@ class ModelConfig:
         return self.d_model // self.n_heads
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as a dict; layer_heads only when set, so that an unpruned model's config.json (and the
+        fingerprint adapters keep of it) is what it was before head pruning existed."""
+        d = asdict(self)
+        if not d["layer_heads"]:
+            del d["layer_heads"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -141,18 +159,24 @@ def apply_rope(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(pairs * rotations).flatten(-2).to(x.dtype)
 
 
+def _slots(k: torch.Tensor, max_len: int) -> torch.Tensor:
+    """Zeros ``(B, H, max_len, D)`` for the keys or values of a layer whose new ones are k ``(B, H, t, D)``:
+    allocated at a layer's first step, so a cache needs to know neither the layer's head count (which head
+    pruning makes differ between layers) nor the head dim."""
+    return k.new_zeros(k.shape[0], k.shape[1], max_len, k.shape[3])
+
+
 class KVCache:
     """Keys and values of the tokens decoded so far, per layer, preallocated to ``max_len`` positions.
 
-    k/v per layer: ``(B, H, max_len, D)``; `length` is how many positions are filled (the same for every
-    sequence in the batch). `n_layers` defaults to cfg.n_layers.
+    k/v per layer: ``(B, H, max_len, D)`` (H: that layer's heads), allocated at the layer's first step, in the
+    new keys' batch size, device and dtype; `length` is how many positions are filled (the same for every
+    sequence in the batch).
     """
 
-    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device, dtype, n_layers: int | None = None):
-        shape = (batch_size, cfg.n_heads, max_len, cfg.head_dim)
-        n_layers = cfg.n_layers if n_layers is None else n_layers
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+    def __init__(self, n_layers: int, max_len: int):
+        self.k: list[torch.Tensor | None] = [None] * n_layers
+        self.v: list[torch.Tensor | None] = [None] * n_layers
         self.max_len = max_len
         self.length = 0
 
@@ -161,9 +185,66 @@ class KVCache:
         start, end = self.length, self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; cannot append up to {end}")
+        if self.k[layer] is None:
+            self.k[layer], self.v[layer] = _slots(k, self.max_len), _slots(v, self.max_len)
         self.k[layer][:, :, start:end] = k
         self.v[layer][:, :, start:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+class RaggedKVCache:
+    """Keys and values of a batch of sequences of different lengths, for continuous batching
+    (`charformer.batch_decode`): row b holds ``lengths[b]`` positions, ``(B,)`` int64; k/v per layer
+    ``(B, H, max_len, D)``. A step either prefills empty rows (right-padded, with their real lengths given) or
+    adds one position to every row, each at its own position; rows leave (`keep`) and join (`extend`) between
+    steps. Plain (non-hourglass) models only. Layers are allocated at their first step, as in `KVCache`."""
+
+    def __init__(self, n_layers: int, batch_size: int, max_len: int, device):
+        self.k: list[torch.Tensor | None] = [None] * n_layers
+        self.v: list[torch.Tensor | None] = [None] * n_layers
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.max_len = max_len
+        self.end = 0  # key slots the current step reads: the longest row after it
+
+    def positions(self, t: int) -> torch.Tensor:
+        """Start a step of `t` new positions per row; returns their positions ``(B, t)`` int64. Raises ValueError
+        for several positions on a row that is not empty, or for a row that would pass max_len."""
+        if t > 1 and bool(self.lengths.any()):
+            raise ValueError("a step of several positions needs empty rows (a prefill)")
+        self.end = (int(self.lengths.max()) if len(self.lengths) else 0) + t
+        if self.end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; cannot append up to {self.end}")
+        return self.lengths[:, None] + torch.arange(t, device=self.lengths.device)
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store new k/v ``(B, H, t, D)`` at each row's positions; return the keys/values ``(B, H, end, D)``
+        (a row's slots past its length hold stale values that its key length masks)."""
+        if self.k[layer] is None:
+            self.k[layer], self.v[layer] = _slots(k, self.max_len), _slots(v, self.max_len)
+        if k.shape[2] == 1:
+            rows = torch.arange(k.shape[0], device=k.device)
+            self.k[layer][rows, :, self.lengths] = k[:, :, 0]
+            self.v[layer][rows, :, self.lengths] = v[:, :, 0]
+        else:
+            self.k[layer][:, :, : k.shape[2]] = k
+            self.v[layer][:, :, : k.shape[2]] = v
+        return self.k[layer][:, :, : self.end], self.v[layer][:, :, : self.end]
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only `rows`, in that order (the others' sequences left the batch)."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.lengths.device)
+        self.k = [None if k is None else k.index_select(0, index) for k in self.k]
+        self.v = [None if v is None else v.index_select(0, index) for v in self.v]
+        self.lengths = self.lengths.index_select(0, index)
+
+    def extend(self, other: "RaggedKVCache") -> None:
+        """Append the rows of `other` (same model and max_len, every layer filled) after these."""
+        if not len(self.lengths):  # nothing of ours to keep (perhaps not even allocated)
+            self.k, self.v, self.lengths = list(other.k), list(other.v), other.lengths
+            return
+        self.k = [torch.cat(pair) for pair in zip(self.k, other.k)]
+        self.v = [torch.cat(pair) for pair in zip(self.v, other.v)]
+        self.lengths = torch.cat([self.lengths, other.lengths])
 
 
 class HourglassCache:
@@ -173,8 +254,8 @@ class HourglassCache:
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device, dtype):
         pre, mid, post = cfg.shorten_layers
-        self.full = KVCache(cfg, batch_size, max_len, device, dtype, n_layers=pre + post)
-        self.short = KVCache(cfg, batch_size, -(-max_len // cfg.shorten), device, dtype, n_layers=mid)
+        self.full = KVCache(pre + post, max_len)
+        self.short = KVCache(mid, -(-max_len // cfg.shorten))
         self.state = ShortenState(batch_size, cfg.shorten, cfg.d_model, device, dtype)
         self.max_len = max_len
 
@@ -188,18 +269,21 @@ class HourglassCache:
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with RoPE. Separate q/k/v/o projections so each can be adapted (LoRA); for
-    inference `fuse_qkv` stacks the first three into one ``(C, 3C)`` layer, `qkv_proj`."""
+    """Multi-head self-attention with RoPE over `n_heads` heads (default cfg.n_heads; fewer after head pruning)
+    of head dim D = cfg.head_dim. Separate q/k/v/o projections ``(C, H*D)`` and ``(H*D, C)`` so each can be
+    adapted (LoRA); for inference `fuse_qkv` stacks the first three into one ``(C, 3*H*D)`` layer, `qkv_proj`."""
 
-    def __init__(self, cfg: ModelConfig, window: int | None = None):
+    def __init__(self, cfg: ModelConfig, window: int | None = None, n_heads: int | None = None):
         super().__init__()
         self.cfg = cfg
         self.window = window  # characters (or, in an hourglass's middle layers, groups)
-        self.q_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-        self.k_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-        self.v_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.n_heads = cfg.n_heads if n_heads is None else n_heads
+        inner = self.n_heads * cfg.head_dim
+        self.q_proj = nn.Linear(cfg.d_model, inner, bias=False)
+        self.k_proj = nn.Linear(cfg.d_model, inner, bias=False)
+        self.v_proj = nn.Linear(cfg.d_model, inner, bias=False)
         self.qkv_proj: nn.Module | None = None
-        self.o_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.o_proj = nn.Linear(inner, cfg.d_model, bias=False)
         self.resid_dropout = nn.Dropout(cfg.dropout)
         # Optional learned keys/values put in front of this layer's k/v (prefix tuning, charformer.peft.prefix):
         # a module mapping (k, v, lengths) to (k', v', lengths'). None for the plain model.
@@ -207,7 +291,7 @@ class SelfAttention(nn.Module):
 
     def forward(self, x, rotations, *, lengths=None, cache: KVCache | None = None, layer: int = 0):
         B, T, C = x.shape
-        H, D = self.cfg.n_heads, self.cfg.head_dim
+        H, D = self.n_heads, self.cfg.head_dim
         if self.qkv_proj is not None:
             q, k, v = self.qkv_proj(x).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)  # each (B, H, T, D)
         else:
@@ -218,8 +302,13 @@ class SelfAttention(nn.Module):
         if self.kv_prefix is not None:
             # After the cache, so the cache holds only real positions; queries stay aligned to the end of the keys.
             k, v, lengths = self.kv_prefix(k, v, lengths)  # (B, H, P + Tk, D), lengths + P
-        y = attention(q, k, v, causal=self.cfg.causal, key_lengths=lengths, window=self.window, impl=self.cfg.attn_impl)
-        y = y.transpose(1, 2).reshape(B, T, C)
+        if isinstance(cache, RaggedKVCache) and T == 1:
+            # Rows of different lengths: each query sits at its own row's last key, not at the end of the keys.
+            y = decode_attention(q, k, v, key_lengths=lengths, window=self.window)
+        else:
+            y = attention(q, k, v, causal=self.cfg.causal, key_lengths=lengths, window=self.window,
+                          impl=self.cfg.attn_impl)
+        y = y.transpose(1, 2).reshape(B, T, H * D)
         return self.resid_dropout(self.o_proj(y))
 
     def fuse_qkv(self) -> bool:
@@ -231,8 +320,8 @@ class SelfAttention(nn.Module):
         projs = (self.q_proj, self.k_proj, self.v_proj)
         if any(type(p) is not nn.Linear for p in projs):
             return False
-        weight = torch.cat([p.weight.detach() for p in projs])  # (3C, C): output rows q, then k, then v
-        self.qkv_proj = nn.Linear(self.cfg.d_model, 3 * self.cfg.d_model, bias=False, device=weight.device,
+        weight = torch.cat([p.weight.detach() for p in projs])  # (3HD, C): output rows q, then k, then v
+        self.qkv_proj = nn.Linear(self.cfg.d_model, weight.shape[0], bias=False, device=weight.device,
                                   dtype=weight.dtype)
         self.qkv_proj.weight = nn.Parameter(weight, requires_grad=False)
         del self.q_proj, self.k_proj, self.v_proj
@@ -255,9 +344,9 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-norm residual block: ``x + attn(norm(x))`` then ``x + mlp(norm(x))`` (Xiong et al. 2020)."""
 
-    def __init__(self, cfg: ModelConfig, window: int | None = None):
+    def __init__(self, cfg: ModelConfig, window: int | None = None, n_heads: int | None = None):
         super().__init__()
-        self.norm1, self.attn = make_norm(cfg), SelfAttention(cfg, window)
+        self.norm1, self.attn = make_norm(cfg), SelfAttention(cfg, window, n_heads)
         self.norm2, self.mlp = make_norm(cfg), MLP(cfg)
 
     def forward(self, x, rotations, *, lengths=None, cache=None, layer=0):
@@ -280,7 +369,8 @@ class CharTransformer(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         pre, mid, _ = cfg.shorten_layers or (cfg.n_layers, 0, 0)
         self.blocks = nn.ModuleList(
-            Block(cfg, cfg.mid_window if pre <= i < pre + mid else cfg.window) for i in range(cfg.n_layers)
+            Block(cfg, cfg.mid_window if pre <= i < pre + mid else cfg.window, cfg.heads_of(i))
+            for i in range(cfg.n_layers)
         )
         self.hourglass = Hourglass(cfg) if cfg.shorten_layers else None
         self.norm_f = make_norm(cfg)
@@ -302,34 +392,70 @@ class CharTransformer(nn.Module):
 
     def _rotations(self, start: int, length: int) -> torch.Tensor:
         """RoPE rotations ``(length, D/2)`` complex64 for positions start..start+length-1."""
+        return torch.view_as_complex(self._rope_fp32()[start : start + length])
+
+    def _row_rotations(self, positions: torch.Tensor) -> torch.Tensor:
+        """RoPE rotations ``(B, 1, T, D/2)`` complex64 for per-row positions ``(B, T)`` (ragged batches)."""
+        return torch.view_as_complex(self._rope_fp32()[positions])[:, None]
+
+    def _rope_fp32(self) -> torch.Tensor:
         if self.rope.dtype != torch.float32:  # the model was cast to fp16/bf16: angles need fp32, rebuild them
             self.rope = self._rope_pairs().to(self.rope.device)
-        return torch.view_as_complex(self.rope[start : start + length])
+        return self.rope
 
     @staticmethod
     def _init_weights(module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def new_cache(self, batch_size: int, max_len: int) -> KVCache | HourglassCache:
-        """An empty decoding cache for `batch_size` sequences of up to `max_len` characters."""
-        kind = KVCache if self.hourglass is None else HourglassCache
-        return kind(self.cfg, batch_size, max_len, self.tok_emb.weight.device, self.tok_emb.weight.dtype)
+    def new_cache(self, batch_size: int, max_len: int, *,
+                  ragged: bool = False) -> KVCache | HourglassCache | RaggedKVCache:
+        """An empty decoding cache for `batch_size` sequences of up to `max_len` characters; `ragged`, one whose
+        rows may differ in length (`RaggedKVCache`; raises ValueError for an hourglass model)."""
+        weight = self.tok_emb.weight
+        if self.hourglass is not None:
+            if ragged:
+                raise ValueError("an hourglass model keeps one decoding state per batch: no ragged cache")
+            return HourglassCache(self.cfg, batch_size, max_len, weight.device, weight.dtype)
+        if ragged:
+            return RaggedKVCache(self.cfg.n_layers, batch_size, max_len, weight.device)
+        return KVCache(self.cfg.n_layers, max_len)
 
-    def hidden_states(self, idx, *, lengths=None, cache: KVCache | HourglassCache | None = None) -> torch.Tensor:
+    def hidden_states(self, idx, *, lengths=None, cache: KVCache | HourglassCache | RaggedKVCache | None = None,
+                      first: torch.Tensor | None = None) -> torch.Tensor:
         """Final-normed features ``(B, T, C)``. With a `cache` (from `new_cache`), idx holds only the new
-        positions."""
+        positions; with a `RaggedKVCache`, `lengths` (a prefill's right-padded prompt lengths) or 1 (a decoding
+        step) new positions per row. `first` ``(B, C)``, if given, stands in for the embedding of position 0: a
+        vector that no character id has, such as a criterion marker (`charformer.tasks.criteria`)."""
         B, T = idx.shape
+        if isinstance(cache, RaggedKVCache):
+            return self._ragged_step(idx, lengths, cache)
         start = cache.length if cache is not None else 0
         if start + T > self.cfg.block_size:
             raise ValueError(f"sequence of {start + T} characters exceeds block_size={self.cfg.block_size}")
-        x = self.drop(self.tok_emb(idx))  # (B, T, C)
+        x = self.tok_emb(idx)  # (B, T, C)
+        if first is not None:
+            x = torch.cat([first[:, None].to(x.dtype), x[:, 1:]], 1)
+        x = self.drop(x)
         if self.hourglass is None:
             x = self._run_blocks(self.blocks, x, start, lengths, cache)
         else:
             x = self._hourglass(x, start, lengths, cache)
         if cache is not None:
             cache.length += T
+        return self.norm_f(x)
+
+    def _ragged_step(self, idx, lengths, cache: RaggedKVCache) -> torch.Tensor:
+        """`hidden_states` over rows at their own positions: row b's new positions follow its cached ones."""
+        positions = cache.positions(idx.shape[1])  # (B, T)
+        if cache.end > self.cfg.block_size:
+            raise ValueError(f"sequence of {cache.end} characters exceeds block_size={self.cfg.block_size}")
+        key_lengths = cache.lengths + (idx.shape[1] if lengths is None else lengths.to(cache.lengths.device))
+        x = self.drop(self.tok_emb(idx))  # (B, T, C)
+        rotations = self._row_rotations(positions)  # (B, 1, T, D/2) complex
+        for i, block in enumerate(self.blocks):
+            x = block(x, rotations, lengths=key_lengths, cache=cache, layer=i)
+        cache.lengths = key_lengths
         return self.norm_f(x)
 
     def _run_blocks(self, blocks, x, start: int, lengths, cache: KVCache | None, first_layer: int = 0):
@@ -374,9 +500,10 @@ class CharTransformer(nn.Module):
 
         2 FLOPs per multiply-add: ``2 * N_matmul`` for the weight matmuls (all parameters except the norms;
         the embedding lookup is free but the tied LM head is a real V x C matmul, so it counts once) plus
-        ``4 * n_layers * T * d_model`` for q·k and p·v over T keys (full T, as PaLM counts it, Chowdhery et al.
-        2022, appendix B). A training step costs about 3x this (backward = 2x forward). In an hourglass the
-        middle layers, and the shortening maps, run once per K characters, so their share is divided by K.
+        ``4 * T * H * D`` per layer (``4 * n_layers * T * d_model`` unless heads were pruned) for q·k and p·v
+        over T keys (full T, as PaLM counts it, Chowdhery et al. 2022, appendix B). A training step costs about
+        3x this (backward = 2x forward). In an hourglass the middle layers, and the shortening maps, run once per
+        K characters, so their share is divided by K.
         """
         t = seq_len or self.cfg.block_size
         k = self.cfg.shorten
@@ -385,7 +512,7 @@ class CharTransformer(nn.Module):
         for i, block in enumerate(self.blocks):
             share = 1 / k if pre <= i < pre + mid else 1.0
             n_matmul = sum(p.numel() for p in block.parameters() if p.dim() == 2)
-            flops += share * (2 * n_matmul + 4 * (t * share) * self.cfg.d_model)
+            flops += share * (2 * n_matmul + 4 * (t * share) * block.attn.n_heads * self.cfg.head_dim)
         for name, p in self.named_parameters():
             if p.dim() == 2 and not name.startswith("blocks."):
                 flops += 2 * p.numel() / (k if name.startswith("hourglass.") else 1)

@@ -1,16 +1,20 @@
-"""Prune a fine-tuned tagger (segmentation or NER) for deployment: drop whole transformer layers by measured
-importance, fine-tune briefly to recover, and report size, speed and F1 before and after.
+"""Prune a fine-tuned tagger (segmentation or NER) for deployment: drop whole transformer layers and attention
+heads by measured importance, fine-tune briefly to recover, and report size, speed and F1 before and after.
 
     python -m charformer.prune --ckpt out/ctb6_cws --train $D/train.txt --dev $D/dev.txt --test $D/test.txt \\
-        --drop-layers 1 --recover-steps 300 --out out/ctb6_cws_pruned
+        --drop-layers 1 --drop-heads 4 --recover-steps 300 --out out/ctb6_cws_pruned
 
-Importance: a layer's importance is what the dev F1 loses when that layer is skipped (the block removed, so its
-residual branch adds nothing and the stream passes straight on), on the first --importance-sentences dev
+Layers first: a layer's importance is what the dev F1 loses when that layer is skipped (the block removed, so
+its residual branch adds nothing and the stream passes straight on), on the first --importance-sentences dev
 sentences. The --drop-layers least important layers are removed at once. This is the layer-level form of the
 ablation that Michel et al. (2019, "Are Sixteen Heads Really Better than One?") apply to attention heads, and
-of the layer dropping studied by Fan et al. (2020, LayerDrop) and Sajjad et al. (2023); layers, not heads,
-because removing a layer shortens every forward pass with no change to the model's shape elsewhere, so the
-result is an ordinary checkpoint with a smaller ``n_layers`` that every tool loads. (Heads are not pruned.)
+of the layer dropping studied by Fan et al. (2020, LayerDrop) and Sajjad et al. (2023).
+
+Then heads, in the layers that remain: a head's importance is Michel et al.'s expected absolute gradient of
+the loss with respect to a gate on its output, over the same dev sentences (`charformer.prune_heads`); the
+--drop-heads least important heads (ranked across layers after normalising each layer's scores; every layer
+keeps one) are cut out of the attention projections. Either way the result is an ordinary checkpoint, with a
+smaller ``n_layers`` and per-layer head counts (``layer_heads`` in config.json), that every tool loads.
 
 Recovery: the pruned model is fine-tuned for --recover-steps steps on --train (`charformer.train.fit`, the
 fine-tuning objective of finetune.py), keeping the best dev checkpoint in OUT/best. With --distill-alpha above
@@ -18,11 +22,12 @@ fine-tuning objective of finetune.py), keeping the best dev checkpoint in OUT/be
 `charformer.finetuning.distill`): the original is the teacher, the pruned model a student that starts from
 the teacher's own layers.
 
-Report (stdout and OUT/results.json): for the original, the pruned model before recovery and after it, the
-parameter count, the size of model.safetensors, the test F1, and segmentation speed (characters/s of the
-test sentences through `tag_texts`, prepared as the prediction tools prepare a model; the median of --repeats
-runs, the original and the pruned model alternating so that other load falls on both alike), and the
-speed-up and F1 change of the pruned model.
+Report (stdout and OUT/results.json): the importance measured and what was removed (``dropped_layers``, and
+``dropped_heads`` by layer of the model without those layers); for the original, the pruned model before
+recovery and after it, the layer count, heads per layer, parameter count, size of model.safetensors, test F1,
+and segmentation speed (characters/s of the test sentences through `tag_texts`, prepared as the prediction
+tools prepare a model; the median of --repeats runs, the original and the pruned model alternating so that
+other load falls on both alike); and the speed-up and F1 change of the pruned model.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from .checkpoint import resolve
 from .cli import add_dataclass_options, build_dataclass
 from .errors import CharformerError, run_cli
 from .finetuning.distill import Distill
+from .prune_heads import head_importance, heads_to_drop, remove_heads
 from .quantize import prepare_for_inference
 from .tasks.heads import Tagger
 from .tasks.jobs import TaskConfig, read_task_files
@@ -55,7 +61,8 @@ from .train import TrainConfig, fit
 
 @dataclass
 class PruneConfig:
-    drop_layers: int = field(default=1, metadata={"help": "layers to remove"})
+    drop_layers: int = field(default=1, metadata={"help": "layers to remove (0: none)"})
+    drop_heads: int = field(default=0, metadata={"help": "attention heads to remove after the layers (0: none)"})
     importance_sentences: int = field(default=500, metadata={"help": "dev sentences that measure importance"})
     recover_steps: int = field(default=300, metadata={"help": "fine-tuning steps after pruning (0: none)"})
     lr: float = field(default=5e-4, metadata={"help": "recovery learning rate"})
@@ -77,7 +84,7 @@ def without_layers(model: Tagger, drop: set[int]) -> Tagger:
     pruned = copy.deepcopy(model)
     body = pruned.body
     body.blocks = nn.ModuleList(block for i, block in enumerate(body.blocks) if i not in drop)
-    body.cfg = replace(body.cfg, n_layers=len(body.blocks))
+    body.cfg = replace(body.cfg, n_layers=len(body.blocks), layer_heads=[block.attn.n_heads for block in body.blocks])
     return pruned
 
 
@@ -94,6 +101,35 @@ def layer_importance(model: Tagger, objective: TaggingObjective, sentences: list
     full = objective.score(model, sentences)["f1"]
     return [round(100 * (full - objective.score(without_layers(model, {i}), sentences)["f1"]), 3)
             for i in range(len(model.body.blocks))]
+
+
+def prune_layers(model: Tagger, objective: TaggingObjective, dev: list, cfg: PruneConfig) -> tuple[Tagger, dict]:
+    """A copy of `model` without its cfg.drop_layers least important layers (`layer_importance` on the `dev`
+    sentences), and what was measured and removed."""
+    if not cfg.drop_layers:
+        return without_layers(model, set()), {"dropped_layers": []}
+    importance = layer_importance(model, objective, dev)
+    drop = sorted(sorted(range(len(importance)), key=lambda i: importance[i])[: cfg.drop_layers])
+    print(f"dev F1 lost when each layer is skipped (points): {importance}; dropping layers {drop}")
+    return without_layers(model, set(drop)), {"layer_importance_dev_f1_points": importance, "dropped_layers": drop}
+
+
+def prune_heads(model: Tagger, task: dict, dev: list, vocab, cfg: PruneConfig) -> dict:
+    """Remove the cfg.drop_heads least important heads of `model` in place (importance: `head_importance` over
+    every piece of the `dev` sentences, with the training loss). Returns what was measured and removed (layer
+    indices of `model`). Raises CharformerError when that many heads cannot go."""
+    measure = objective_for(task, {"train": dev, "dev": []}, vocab, model, cfg)  # the dev pieces, as batches
+    device = next(model.parameters()).device
+    importance = head_importance(model, model.body, lambda b: measure.loss(model, [t.to(device) for t in b])[0],
+                                 measure.batches_in_order())
+    try:
+        drop = heads_to_drop(importance, cfg.drop_heads)
+    except ValueError as e:
+        raise CharformerError(f"--drop-heads: {e}") from None
+    remove_heads(model.body, drop)
+    print(f"head importance (mean |dL/d gate|): {[s.tolist() for s in importance]}; dropping heads {drop}")
+    return {"head_importance": [[round(float(x), 6) for x in s] for s in importance],
+            "dropped_heads": {str(layer): heads for layer, heads in drop.items()}}
 
 
 def chars_per_second(models: dict[str, Tagger], vocab, task: dict, texts: list[str], cfg: PruneConfig) -> dict:
@@ -114,8 +150,8 @@ def describe(model: Tagger, path: Path | None, objective: TaggingObjective, test
     model.eval()
     with torch.no_grad():
         f1 = objective.score(model, test)["f1"]
-    out = {"n_layers": model.body.cfg.n_layers, "parameters": sum(p.numel() for p in model.parameters()),
-           "test_f1": round(100 * f1, 2)}
+    out = {"n_layers": model.body.cfg.n_layers, "layer_heads": [block.attn.n_heads for block in model.body.blocks],
+           "parameters": sum(p.numel() for p in model.parameters()), "test_f1": round(100 * f1, 2)}
     if path is not None:
         out["model_bytes"] = (resolve(path) / "model.safetensors").stat().st_size
     return out
@@ -151,21 +187,25 @@ def main(argv: list[str] | None = None) -> int:
     model, vocab, task = load_task_checkpoint(args.ckpt, cfg.device)
     if task["task"] not in ("cws", "ner"):
         raise CharformerError(f"{args.ckpt}: a {task['task']} model; prune takes a tagger (cws or ner)")
+    if task.get("standards"):
+        raise CharformerError(f"{args.ckpt}: a multi-criteria segmenter; prune takes a single-standard tagger")
     n_layers = model.body.cfg.n_layers
-    if not 1 <= cfg.drop_layers < n_layers:
-        raise CharformerError(f"--drop-layers must be between 1 and {n_layers - 1} (the model has {n_layers})")
+    if not 0 <= cfg.drop_layers < n_layers:
+        raise CharformerError(f"--drop-layers must be between 0 and {n_layers - 1} (the model has {n_layers})")
+    if not cfg.drop_layers and not cfg.drop_heads:
+        raise CharformerError("nothing to prune: give --drop-layers or --drop-heads")
     data = read_task_files(task["task"], TaskConfig(), {"train": args.train, "dev": args.dev, "test": args.test})
     objective = objective_for(task, data, vocab, model, cfg)
-
-    importance = layer_importance(model, objective, data["dev"][: cfg.importance_sentences])
-    drop = set(sorted(range(n_layers), key=lambda i: importance[i])[: cfg.drop_layers])
-    print(f"dev F1 lost when each layer is skipped (points): {importance}; dropping layers {sorted(drop)}")
-    pruned = without_layers(model, drop)
+    dev = data["dev"][: cfg.importance_sentences]
     results = {"command": " ".join(["python -m charformer.prune", *(sys.argv[1:] if argv is None else argv)]),
-               "ckpt": str(args.ckpt), "config": {k.name: getattr(cfg, k.name) for k in fields(cfg)},
-               "layer_importance_dev_f1_points": importance, "dropped_layers": sorted(drop),
-               "original": describe(model, Path(args.ckpt), objective, data["test"]),
-               "pruned_before_recovery": describe(pruned, None, objective, data["test"])}
+               "ckpt": str(args.ckpt), "config": {k.name: getattr(cfg, k.name) for k in fields(cfg)}}
+
+    pruned, measured = prune_layers(model, objective, dev, cfg)
+    results.update(measured)
+    if cfg.drop_heads:
+        results.update(prune_heads(pruned, task, dev, vocab, cfg))
+    results["original"] = describe(model, Path(args.ckpt), objective, data["test"])
+    results["pruned_before_recovery"] = describe(pruned, None, objective, data["test"])
 
     out.mkdir(parents=True, exist_ok=True)
     if cfg.recover_steps:

@@ -69,7 +69,8 @@ def add_run_options(p: argparse.ArgumentParser, model_group: str) -> None:
                    "checkpoint, on the same loss curve")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an earlier run in --out "
                    "(default: refuse)")
-    add_dataclass_options(p, ModelConfig, skip=("vocab_size",), group=model_group, helps=MODEL_HELP)
+    # layer_heads is written by charformer.prune (head pruning), not chosen for a new model
+    add_dataclass_options(p, ModelConfig, skip=("vocab_size", "layer_heads"), group=model_group, helps=MODEL_HELP)
 
 
 def run_args(given: dict, default_out: str | None = None) -> RunArgs:

@@ -2,13 +2,16 @@
 
     python -m charformer.segment --ckpt out/ctb6_cws input.txt > segmented.txt
     echo 中国人民站起来了 | python -m charformer.segment --ckpt out/ctb6_cws        # 中国 人民 站 起来 了
+    python -m charformer.segment --ckpt out/mc_cws --standard udc input.txt   # a multi-criteria model
 
 One sentence per line in; the same line out with its words separated by single ASCII spaces. Empty lines and
 each line's ending (LF, CRLF or a lone CR) pass through, and no character is dropped or changed: full-width
 forms, Latin, digits, punctuation, U+3000 and other spaces, characters outside the BMP, combining marks and
 control characters come out as they went in. A byte-order mark at the start of the input is not text and is
 not written back (`charformer.data`). Lines longer than the model's block are read in overlapping windows.
-``--ckpt`` given more than once: an ensemble, decoding the mean of the checkpoints' per-character tag
+A multi-criteria checkpoint (finetune.py --train NAME=PATH ..., `charformer.tasks.criteria`) segments by the
+standard chosen with ``--standard NAME``; without it, the error lists the standards it knows. ``--ckpt`` given
+more than once: an ensemble, decoding the mean of the checkpoints' per-character tag
 probabilities (`charformer.finetuning.ensemble`) under the same constraints as one model.
 
 An ASCII space inside an input line cannot be told from a separator, so it is written as a word of its own:
@@ -72,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                    "match is one word; prefer: its tags get a bonus (default force)")
     p.add_argument("--dict-bonus", type=float, default=DEFAULT_BONUS, help="prefer mode: nats per character of a "
                    f"weight-1 dictionary word (default {DEFAULT_BONUS})")
+    p.add_argument("--standard", metavar="NAME", help="for a multi-criteria segmenter: the segmentation standard "
+                   "to follow (one it was trained on, e.g. ctb6)")
     p.add_argument("--no-protect", action="store_true", help="allow cuts inside numbers, Latin words, URLs and "
                    "e-mail addresses (charformer.tasks.constraints)")
     args, own = parse_tool_args(p, argv)
@@ -82,9 +87,10 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as e:
                 raise CharformerError(f"{args.file or '<stdin>'}:{n}: {e}") from None
         return 0
-    segmenter = Segmenter.ensemble(load_for(args, "cws"), user_dict=own["user_dict"], dict_mode=own["dict_mode"],
-                                   dict_bonus=own["dict_bonus"], protect=not own["no_protect"],
-                                   batch_size=args.batch_size)
+    segmenter = Segmenter.ensemble(load_for(args, "cws"), args.ckpt, user_dict=own["user_dict"],
+                                   dict_mode=own["dict_mode"], dict_bonus=own["dict_bonus"],
+                                   protect=not own["no_protect"], batch_size=args.batch_size,
+                                   standard=own["standard"])
     for lines in read_windows(args.file, args.window_chars):
         words = segmenter.segment([text for text, _ in lines], progress=show_progress(lines))
         write("".join(format_words(w) + ending for w, (_, ending) in zip(words, lines)))

@@ -84,8 +84,8 @@ def test_cached_generation_equals_uncached(k):
 def test_the_shortened_layers_cache_ceil_t_over_k_groups():
     model = hourglass(3, block_size=32)
     cache = model.new_cache(1, 32)
-    assert cache.short.k[0].shape[2] == 11 and cache.full.k[0].shape[2] == 32
     model(torch.randint(0, 50, (1, 7)), cache=cache)
+    assert cache.short.k[0].shape[2] == 11 and cache.full.k[0].shape[2] == 32
     assert (cache.length, cache.short.length) == (7, 3)
     for _ in range(3):  # characters 7, 8, 9: group 3 (characters 7..9) is complete with character 9
         model(torch.randint(0, 50, (1, 1)), cache=cache)

@@ -53,18 +53,20 @@ def ensemble_label_probs(members: Sequence[Member], texts: Sequence[str], *, bat
 
 
 def ensemble_tag_paths(members: Sequence[Member], texts: Sequence[str], *, batch_size: int, overlap: int,
-                       progress: bool = False, bias: Sequence[torch.Tensor | None] | None = None) -> list[list[int]]:
+                       progress: bool = False, bias: Sequence[torch.Tensor | None] | None = None,
+                       standard: str | None = None) -> list[list[int]]:
     """Tag-index paths of `texts`: decoded from the members' mean per-character probabilities (one member: by
     its own decoder, CRF included). `bias`, if given, holds per text None or an ``(n_i, K)`` score bias for the
-    decoder (`charformer.tasks.predict.decode_tag_scores`), e.g. a user dictionary's constraints."""
+    decoder (`charformer.tasks.predict.decode_tag_scores`), e.g. a user dictionary's constraints. `standard`:
+    the segmentation standard every member (multi-criteria segmenters, `charformer.tasks.criteria`) follows."""
     if len(members) == 1:
         model, vocab, _ = members[0]
         return predict_tags(model, [vocab.encode_aligned(t) for t in texts], batch_size=batch_size, overlap=overlap,
-                            progress=progress, bias=bias)
+                            progress=progress, bias=bias, standard=standard)
     mean = None
     for model, vocab, _ in members:
         scores = predict_tag_scores(model, [vocab.encode_aligned(t) for t in texts], batch_size=batch_size,
-                                    overlap=overlap, progress=progress)
+                                    overlap=overlap, progress=progress, standard=standard)
         probs = [s.softmax(-1) / len(members) for s in scores]
         mean = probs if mean is None else [a + b for a, b in zip(mean, probs)]
     # log of normalised probabilities: the softmax decoder's log_softmax leaves them as they are

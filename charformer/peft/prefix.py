@@ -104,7 +104,7 @@ def add_prefix(model: nn.Module, *, n_prefix: int = 16, reparam_hidden: int | No
     for block in model.blocks:
         if block.attn.kv_prefix is not None:
             raise ValueError("the model already has a prefix; remove the method first")
-        block.attn.kv_prefix = PrefixKV(cfg.n_heads, cfg.head_dim, n_prefix, reparam_hidden, device=w.device,
+        block.attn.kv_prefix = PrefixKV(block.attn.n_heads, cfg.head_dim, n_prefix, reparam_hidden, device=w.device,
                                         dtype=w.dtype)
     return {"n_prefix": n_prefix, "reparam_hidden": None}
 

@@ -16,9 +16,11 @@ An endpoint that no served model can do answers 404 with a JSON message saying w
 
 Every /v1 request passes, in order: the token (401), readiness (503), the concurrency limit (429), the body
 and field checks (`limits`: 400, 413), then the model. Segment, tag and classify go through one `Batcher` per
-model, all batches on one worker thread (model calls on a CPU gain nothing from running side by side);
-generation runs one request at a time on a second thread, so a long generation does not hold up the
-batches, and stops early when a streaming client goes away. Errors never leak a traceback: anything
+model, all batches on one worker thread (model calls on a CPU gain nothing from running side by side).
+Generation is batched too, continuously: each generating model has a `GenerationEngine`, a thread that steps
+every active generation together, one character each, and lets requests join and leave between steps
+(`generation`, `charformer.batch_decode`), so a long generation does not hold up the other batches, and a
+streaming client that goes away leaves the batch at the next step. Errors never leak a traceback: anything
 unexpected is a JSON 500 and a log line with the exception's type, not its message (which might quote text).
 Logs carry lengths and timings, never the text of a request.
 """
@@ -29,7 +31,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from starlette.routing import Route
 from . import models
 from .auth import authorized
 from .batching import Batcher
+from .generation import GenerationEngine
 from .limits import (GENERATE_FIELDS, ApiError, Limits, check_fields, get_generate_request, get_texts,
                      parse_json_object, read_body)
 from .metrics import Metrics
@@ -59,8 +61,10 @@ CLIENT_CLOSED = 499  # the status nginx logs for a client that closed the connec
 @dataclass
 class BatchConfig:
     batching: bool = field(default=True, metadata={"help": "gather concurrent requests into one model batch"})
-    max_batch: int = field(default=64, metadata={"help": "texts per gathered batch"})
-    max_wait_ms: float = field(default=5.0, metadata={"help": "longest wait for a batch to fill, in ms"})
+    max_batch: int = field(default=64, metadata={"help": "texts per gathered batch; generation: sequences per "
+                                                         "decoding step"})
+    max_wait_ms: float = field(default=5.0, metadata={"help": "longest wait for a batch to fill, in ms (not "
+                                                                 "generation: it joins at the next step)"})
 
 
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -75,8 +79,10 @@ class Service:
         self.served = ([base] if base else []) + list(adapters.values())
         self.base, self.adapters = base, adapters
         self.limits, self.token, self.batch = limits, token, batch
-        self.metrics = Metrics(queue_depth=lambda: sum(b.queued for b in self.batchers.values()))
+        self.metrics = Metrics(queue_depth=lambda: sum(b.queued for b in [*self.batchers.values(),
+                                                                           *self.engines.values()]))
         self.batchers: dict[str | None, Batcher] = {}
+        self.engines: dict[str | None, GenerationEngine] = {}
         self.ready = False
         self.active = 0  # /v1 requests being answered
 
@@ -84,14 +90,17 @@ class Service:
     @contextlib.asynccontextmanager
     async def lifespan(self, app) -> AsyncIterator[None]:
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="charformer-model")
-        self.generate_thread = ThreadPoolExecutor(1, thread_name_prefix="charformer-generate")
         size, wait = (self.batch.max_batch, self.batch.max_wait_ms / 1000) if self.batch.batching else (1, 0.0)
         for served in self.served:
-            if served.task != "lm":
+            on_batch = self.metrics.batch_size.labels(served.name or "base").observe
+            if served.task == "lm":
+                self.engines[served.name] = GenerationEngine(served, size, on_batch)
+                self.engines[served.name].start()
+            else:
                 run = PREDICT[models.ENDPOINT_OF_TASK[served.task]][0]
                 self.batchers[served.name] = Batcher(
                     lambda texts, s=served, run=run: run(s, texts), self.model_thread, max_batch=size, max_wait_s=wait,
-                    on_batch=self.metrics.batch_size.labels(served.name or "base").observe)
+                    on_batch=on_batch)
         warming = asyncio.get_running_loop().create_task(self._warm_up())
         try:
             yield
@@ -99,8 +108,9 @@ class Service:
             warming.cancel()
             for batcher in self.batchers.values():
                 await batcher.close()
+            for engine in self.engines.values():
+                engine.close()
             self.model_thread.shutdown(wait=True)
-            self.generate_thread.shutdown(wait=True)
 
     async def _warm_up(self) -> None:
         loop = asyncio.get_running_loop()
@@ -206,45 +216,30 @@ class Service:
         g = get_generate_request(body, self.limits)
         self.metrics.chars.labels("generate").inc(len(g.prompt))
         log.info("/v1/generate: prompt of %d characters, up to %d new", len(g.prompt), g.max_new_chars)
-        pieces = models.generate(served, g.prompt, g.max_new_chars, temperature=g.temperature, top_k=g.top_k,
-                                 top_p=g.top_p, seed=g.seed)
+        pieces = self.engines[served.name].pieces(g)
         if g.stream or "text/event-stream" in request.headers.get("accept", ""):
             return StreamingResponse(self._events(pieces), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-store"})
-        loop = asyncio.get_running_loop()
-        text = await loop.run_in_executor(self.generate_thread, lambda: "".join(pieces))
+        text = "".join([piece async for piece in pieces])
         self.metrics.generated.inc(len(text))
         return JSONResponse({"text": text})
 
-    async def _events(self, pieces) -> AsyncIterator[str]:
-        """Server-sent events of the generated pieces, produced on the generation thread as they come; a client
-        that goes away stops the generation at its next character."""
-        loop, queue, stop, end = asyncio.get_running_loop(), asyncio.Queue(), threading.Event(), object()
-
-        def produce():
-            try:
-                for piece in pieces:
-                    if stop.is_set():
-                        break
-                    loop.call_soon_threadsafe(queue.put_nowait, piece)
-                loop.call_soon_threadsafe(queue.put_nowait, end)
-            except Exception as e:
-                loop.call_soon_threadsafe(queue.put_nowait, e)
-
-        loop.run_in_executor(self.generate_thread, produce)
+    async def _events(self, pieces: AsyncIterator[str]) -> AsyncIterator[str]:
+        """Server-sent events of the generated pieces as they come; a client that goes away closes `pieces`,
+        which takes its request out of the batch at the next step."""
         text = []
         try:
-            while (piece := await queue.get()) is not end:
-                if isinstance(piece, Exception):
-                    log.error("internal error on /v1/generate (stream): %s", type(piece).__name__)
-                    yield "event: error\ndata: {\"error\": \"internal error\"}\n\n"
-                    return
+            async for piece in pieces:
                 text.append(piece)
                 self.metrics.generated.inc(len(piece))
                 yield f"data: {json.dumps({'text': piece}, ensure_ascii=False)}\n\n"
-            yield f"event: end\ndata: {json.dumps({'text': ''.join(text)}, ensure_ascii=False)}\n\n"
+        except Exception as e:
+            log.error("internal error on /v1/generate (stream): %s", type(e).__name__)
+            yield "event: error\ndata: {\"error\": \"internal error\"}\n\n"
+            return
         finally:
-            stop.set()
+            await pieces.aclose()
+        yield f"event: end\ndata: {json.dumps({'text': ''.join(text)}, ensure_ascii=False)}\n\n"
 
     async def list_models(self, request: Request) -> Response:
         return JSONResponse({"models": [models.describe(s) for s in self.served]})

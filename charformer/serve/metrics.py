@@ -10,10 +10,12 @@ anything a client chose, so a client cannot grow the number of series:
                                                        not_found, overloaded, not_ready, disconnected,
                                                        internal)
     charformer_request_seconds{endpoint}               latency histogram, from the request to the last byte
-    charformer_batch_size{model}                       texts per model batch (histogram)
+    charformer_batch_size{model}                       texts per model batch (histogram); for a generating
+                                                       model, sequences per decoding step
     charformer_chars_total{endpoint}                   characters of text read (texts or prompts)
     charformer_generated_chars_total                   characters generated
-    charformer_queue_depth                             texts waiting for a batch
+    charformer_queue_depth                             texts waiting for a batch, and generation requests
+                                                       waiting to join one
     charformer_in_flight                               /v1 requests being answered
 """
 
@@ -39,12 +41,14 @@ class Metrics:
         self.errors = Counter("charformer_errors", "Requests refused or failed", ["endpoint", "reason"], registry=r)
         self.latency = Histogram("charformer_request_seconds", "Request latency (s)", ["endpoint"],
                                  buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("charformer_batch_size", "Texts per model batch", ["model"],
+        self.batch_size = Histogram("charformer_batch_size",
+                                    "Texts per model batch (generation: sequences per decoding step)", ["model"],
                                     buckets=BATCH_BUCKETS, registry=r)
         self.chars = Counter("charformer_chars", "Characters of text read", ["endpoint"], registry=r)
         self.generated = Counter("charformer_generated_chars", "Characters generated", registry=r)
         self.in_flight = Gauge("charformer_in_flight", "/v1 requests being answered", registry=r)
-        Gauge("charformer_queue_depth", "Texts waiting for a batch", registry=r).set_function(queue_depth)
+        Gauge("charformer_queue_depth", "Texts (and generation requests) waiting for a batch",
+              registry=r).set_function(queue_depth)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

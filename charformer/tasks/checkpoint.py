@@ -21,7 +21,7 @@ from ..model import ModelConfig
 from ..peft import load_adapter, open_adapter
 from ..vocab import CharVocab
 from .heads import Classifier, Tagger
-from .model import TASKS, build_task_model
+from .model import TASKS, build_task_model, head_modules
 
 
 def pretrained_config(path: str | Path) -> tuple[ModelConfig, CharVocab]:
@@ -65,5 +65,5 @@ def load_task_checkpoint(path: str | Path, device: str | torch.device = "cpu", *
     cfg, vocab = pretrained_config(base)
     model = build_task_model(cfg, task)
     load_weights(model.body, base)
-    load_adapter(adapter, model.body, modules={"head": model.head})
+    load_adapter(adapter, model.body, modules=head_modules(model))
     return model.to(device).eval(), vocab, task

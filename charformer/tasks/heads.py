@@ -18,6 +18,8 @@ torch.compile) only ever calls ``model(...)``.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 from ..data import IGNORE_INDEX
 from ..model import CharTransformer
 from .crf import CRF
+from .criteria import CriterionMarkers, marker_width
 from .schemes import transition_masks
 from .viterbi import viterbi
 
@@ -114,15 +117,36 @@ class SequenceClassificationHead(nn.Module):
 
 
 class Tagger(nn.Module):
-    """Body + token tagging head. ``forward(ids (B, T), lengths (B,))`` -> tag scores ``(B, T, K)``; with
-    ``tags`` ``(B, T)`` -> the mean loss per real character."""
+    """Body + token tagging head, and for a multi-criteria segmenter a marker per standard (`markers`,
+    `charformer.tasks.criteria`). ``forward(ids (B, T), lengths (B,))`` -> tag scores ``(B, T, K)``; with
+    ``tags`` ``(B, T)`` -> the mean loss per real character; a multi-criteria model also takes ``standards``
+    ``(B,)`` int64, the standard of each row (indices into `standards`), and T <= `window`. Raises ValueError
+    when ``standards`` is given to a model without markers or missing for one with them."""
 
-    def __init__(self, body: CharTransformer, head: TokenTaggingHead):
+    def __init__(self, body: CharTransformer, head: TokenTaggingHead, standards: Sequence[str] = ()):
         super().__init__()
         self.body, self.head = body, head
+        self.markers = CriterionMarkers(standards, body.cfg.d_model) if standards else None
 
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor, tags: torch.Tensor | None = None) -> torch.Tensor:
-        scores = self.head(self.body.hidden_states(ids, lengths=lengths))
+    @property
+    def standards(self) -> list[str]:
+        """The standards' names (multi-criteria), else []."""
+        return [] if self.markers is None else self.markers.standards
+
+    @property
+    def window(self) -> int:
+        """Characters per row: the block, less the marker's position in a multi-criteria model."""
+        return marker_width(self.body.cfg.block_size, self.standards)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor, tags: torch.Tensor | None = None,
+                standards: torch.Tensor | None = None) -> torch.Tensor:
+        if (standards is None) != (self.markers is None):
+            raise ValueError("a multi-criteria tagger needs the standard of each row, any other tagger none")
+        if self.markers is None:
+            hidden = self.body.hidden_states(ids, lengths=lengths)
+        else:
+            hidden = self.markers.hidden_states(self.body, ids, lengths, standards)
+        scores = self.head(hidden)
         return scores if tags is None else self.head.loss(scores, tags, lengths)
 
 

@@ -42,7 +42,8 @@ from ..train import TrainConfig
 from ..vocab import CharVocab
 from .checkpoint import load_task_checkpoint, pretrained_config, save_task_checkpoint
 from .heads import check_pooling
-from .model import build_task_model
+from .criteria import MIX_TEMPERATURE, marker_width
+from .model import build_task_model, head_modules
 from .objectives import ClassificationObjective, TaggingObjective
 from .readers import TOKEN_FORMATS, read_conll, read_cws, read_labeled
 from .schemes import SCHEMES, detect_scheme, is_valid, spans_to_words, tag_set
@@ -63,7 +64,10 @@ class TaskConfig:
     pooling: str = option("mean", "classify: a text's vector is the mean over its characters, or 'cls'")
     freeze: str = option("none", "with --method full, keep part of the body fixed: none, embeddings, bottom:N "
                           "(embeddings and the N lowest blocks); 'body' means --method freeze")
-    head_lr_scale: float = option(10.0, "the head learns at lr x this")
+    head_lr_scale: float = option(10.0, "the head (and a multi-criteria segmenter's markers) learns at lr x this")
+    mix_temperature: float = option(MIX_TEMPERATURE, "cws with several standards (--train NAME=PATH ...): each "
+                                    "corpus's share of the batches is proportional to its size ** (1 / T); 1: to "
+                                    "its size, inf: equal shares (charformer.tasks.criteria)")
     head_dropout: float = option(0.1, "dropout before the head's linear layer")
     overlap: int | None = option(None, "characters shared by consecutive windows of a sentence longer than a "
                                   "block (None: block_size / 4)")
@@ -77,6 +81,8 @@ class TaskConfig:
         check_pooling(self.pooling)
         if self.head_lr_scale <= 0 or self.eval_batch_size < 1 or not 0 <= self.head_dropout < 1:
             raise ValueError("need head_lr_scale > 0, eval_batch_size >= 1 and 0 <= head_dropout < 1")
+        if not self.mix_temperature > 0:
+            raise ValueError(f"mix_temperature must be > 0 (inf: equal shares), got {self.mix_temperature}")
 
 
 @dataclass
@@ -103,9 +109,9 @@ class JobSpec:
     """What a fine-tuning run starts from: the task, its files, and the model."""
 
     task: str  # cws, ner, classify or lm
-    train: str
-    dev: str
-    test: str | None  # optional for lm
+    train: str | dict[str, str]  # a dict: standard -> path (multi-criteria cws, charformer.tasks.criteria)
+    dev: str | dict[str, str]
+    test: str | dict[str, str] | None  # optional for lm
     init: str  # a pretrained checkpoint directory, or "scratch"
     model_options: dict[str, Any]  # the model options given; from a checkpoint only RUNTIME_FIELDS may change
 
@@ -194,33 +200,65 @@ def describe_task(task: str, cfg: TaskConfig, data: dict[str, list], block_size:
             "overlap": overlap, **reading}
 
 
+def read_corpora(spec: JobSpec, cfg: TaskConfig) -> dict[str | None, dict[str, list]]:
+    """The train, dev and test examples of each standard (`charformer.tasks.criteria`: --train NAME=PATH ...),
+    or of the one corpus under the key None. Raises CharformerError for several standards outside cws."""
+    if not isinstance(spec.train, dict):
+        return {None: read_task_files(spec.task, cfg, {"train": spec.train, "dev": spec.dev, "test": spec.test})}
+    if spec.task != "cws":
+        raise CharformerError(f"several standards (--train NAME=PATH) are for --task cws, not {spec.task}")
+    return {name: read_task_files(spec.task, cfg, {"train": spec.train[name], "dev": spec.dev[name],
+                                                   "test": spec.test[name]}) for name in spec.train}
+
+
 def task_job(spec: JobSpec, cfg: TaskConfig, train_cfg: TrainConfig, train_examples: int | None,
              augment: str = "") -> Job:
-    """cws, ner or classify: read the files, build encoder + head (from --init or from scratch).
-    train_examples: train on a random subset of this many training examples (seeded by the training seed).
-    augment: comma-separated augmentations added to that training set (`charformer.finetuning.augment`)."""
-    data = read_task_files(spec.task, cfg, {"train": spec.train, "dev": spec.dev, "test": spec.test})
-    if train_examples is not None and train_examples < len(data["train"]):
-        keep = sorted(random.Random(train_cfg.seed).sample(range(len(data["train"])), train_examples))
-        data["train"] = [data["train"][i] for i in keep]
+    """cws, ner or classify: read the files, build encoder + head (from --init or from scratch); for cws with
+    several standards, one multi-criteria segmenter (`charformer.tasks.criteria`).
+    train_examples: train on a random subset of this many training examples (seeded by the training seed; per
+    standard). augment: comma-separated augmentations added to that training set
+    (`charformer.finetuning.augment`; within each standard)."""
+    corpora = read_corpora(spec, cfg)
+    standards = [name for name in corpora if name is not None]
+    for data in corpora.values():
+        if train_examples is not None and train_examples < len(data["train"]):
+            keep = sorted(random.Random(train_cfg.seed).sample(range(len(data["train"])), train_examples))
+            data["train"] = [data["train"][i] for i in keep]
+
+    def joined(split: str) -> list:
+        return [x for data in corpora.values() for x in data[split]]
+
+    def by_standard(split: str) -> list | dict[str, list]:
+        return {name: corpora[name][split] for name in standards} if standards else corpora[None][split]
+
     body_cfg, vocab = model_config(spec.init, spec.model_options)
     if vocab is None:
-        vocab = CharVocab.build(x.text for x in data["train"])
+        vocab = CharVocab.build(x.text for x in joined("train"))
         body_cfg = ModelConfig.from_dict({**body_cfg.to_dict(), "vocab_size": len(vocab)})
-    task = describe_task(spec.task, cfg, data, body_cfg.block_size)
-    augmented = {}
+    task = describe_task(spec.task, cfg, {split: joined(split) for split in ("train", "dev", "test")},
+                         marker_width(body_cfg.block_size, standards))
+    if standards:
+        task["standards"] = standards
+    augmented: dict[str, int] = {}
     if augment:  # label-preserving new examples (charformer.finetuning.augment)
-        data["train"], augmented = augment_examples(spec.task, data["train"], augment, train_cfg.seed)
+        for data in corpora.values():
+            data["train"], made = augment_examples(spec.task, data["train"], augment, train_cfg.seed)
+            augmented = {k: augmented.get(k, 0) + n for k, n in made.items()}
     sizes = {"block_size": body_cfg.block_size, "batch_size": train_cfg.batch_size, "eval_batch_size": cfg.eval_batch_size}
     if spec.task == "classify":
-        objective = ClassificationObjective(task, data["train"], data["dev"], vocab, **sizes)
+        objective = ClassificationObjective(task, by_standard("train"), by_standard("dev"), vocab, **sizes)
     else:
-        words = {w for s in data["train"] for w in spans_to_words(s.text, s.spans)} if spec.task == "cws" else None
-        objective = TaggingObjective(task, data["train"], data["dev"], vocab, train_words=words, **sizes)
-    for name, examples in data.items():
-        text = "".join(x.text for x in examples)
-        print(f"{name}: {len(examples):,} {'texts' if spec.task == 'classify' else 'sentences'}, {len(text):,} "
-              f"characters, vocabulary coverage {vocab.coverage(text):.4%}")
+        words = {name: {w for s in data["train"] for w in spans_to_words(s.text, s.spans)}
+                 for name, data in corpora.items()} if spec.task == "cws" else {}
+        objective = TaggingObjective(task, by_standard("train"), by_standard("dev"), vocab,
+                                     train_words=words if standards else words.get(None),
+                                     mix_temperature=cfg.mix_temperature, **sizes)
+    for standard, data in corpora.items():
+        for name, examples in data.items():
+            text = "".join(x.text for x in examples)
+            print(f"{f'{standard} ' if standard else ''}{name}: {len(examples):,} "
+                  f"{'texts' if spec.task == 'classify' else 'sentences'}, {len(text):,} characters, vocabulary "
+                  f"coverage {vocab.coverage(text):.4%}")
     torch.manual_seed(train_cfg.seed)
     model = build_task_model(body_cfg, task)
     base_dir = None if spec.init == "scratch" else resolve(spec.init)
@@ -233,15 +271,18 @@ def task_job(spec: JobSpec, cfg: TaskConfig, train_cfg: TrainConfig, train_examp
 
     @torch.no_grad()
     def score(m):
-        m.eval()
-        return {"test": objective.score(m, data["test"])}
+        m.eval()  # a multi-criteria model is also scored on dev: per-standard F1 for results.json
+        return {"test": objective.score(m, by_standard("test")),
+                **({"dev": objective.score(m, by_standard("dev"))} if standards else {})}
 
+    mixing = {"standards": {name: {"train_examples": len(corpora[name]["train"]), "share": share} for name, share
+                            in zip(standards, objective.shares)}} if standards else {}
     return Job(model=model, body=model.body, vocab=vocab, objective=objective, n_train=objective.n_train,
-               base_dir=base_dir, description={"task": task}, heads={"head": model.head}, head_params=(),
-               lr_scale={"head.": cfg.head_lr_scale}, save_full=save_full,
+               base_dir=base_dir, description={"task": task}, heads=head_modules(model), head_params=(),
+               lr_scale={"head.": cfg.head_lr_scale, "markers.": cfg.head_lr_scale}, save_full=save_full,
                load_best=lambda path, device: load_task_checkpoint(path, device)[0], score=score,
-               results={"train_examples": len(data["train"]), "augmented_examples": augmented,
-                        "train_pieces": objective.n_train, "head": task,
+               results={"train_examples": len(joined("train")), "augmented_examples": augmented,
+                        "train_pieces": objective.n_train, "head": task, **mixing,
                         "task_options": asdict(cfg)})
 
 

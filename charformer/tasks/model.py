@@ -7,6 +7,8 @@ checkpoints (body + head as files): `charformer.tasks.checkpoint`.
 
 from __future__ import annotations
 
+import torch.nn as nn
+
 from ..errors import CharformerError
 from ..finetuning.cloze import build_cloze_model
 from ..model import CharTransformer, ModelConfig
@@ -25,7 +27,14 @@ def build_task_model(body_cfg: ModelConfig, task: dict) -> Tagger | Classifier:
                                           dropout=task["head_dropout"])
         return Classifier(body, head)
     head = TokenTaggingHead(body_cfg.d_model, task["tags"], task["scheme"], crf=task["crf"], dropout=task["head_dropout"])
-    return Tagger(body, head)
+    return Tagger(body, head, standards=task.get("standards", ()))
+
+
+def head_modules(model: Tagger | Classifier) -> dict[str, nn.Module]:
+    """The task model's modules outside the body, by attribute name: what an adapter stores whole (the head,
+    and a multi-criteria segmenter's markers)."""
+    markers = getattr(model, "markers", None)
+    return {"head": model.head, **({"markers": markers} if markers is not None else {})}
 
 
 def freeze(model: Tagger | Classifier, spec: str) -> None:

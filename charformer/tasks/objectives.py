@@ -20,13 +20,14 @@ for segmentation, entity F1 for NER, accuracy for classification (`metrics`).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
 from ..data import IGNORE_INDEX, pad_sequences
 from ..errors import CharformerError
 from ..vocab import CharVocab
+from .criteria import MIX_TEMPERATURE, marker_width, mean_scores, mix_shares
 from .heads import Classifier, Tagger
 from .metrics import classification_scores, cws_scores, entity_scores
 from .predict import chunk_batch, classify_texts, tag_texts
@@ -39,61 +40,114 @@ BUCKET_BATCHES = 16  # batches' worth of pieces per length bucket: enough variet
 
 class TaggingObjective:
     """Segmentation or NER as character tagging. `task` is the task description (``task``, ``tags``,
-    ``scheme``, ``overlap``); `train_words` (segmentation) is the training word list for OOV recall."""
+    ``scheme``, ``overlap``); `train_words` (segmentation) is the training word list for OOV recall.
+
+    A multi-criteria segmenter (``task["standards"]``, `charformer.tasks.criteria`) takes `train`, `dev` and
+    `train_words` as dicts by standard; its rows are drawn from the corpora in the shares of
+    `criteria.mix_shares` at `mix_temperature`, each row after its standard's marker, and its metric is the
+    mean F1 over the standards."""
 
     metric = "f1"
     higher_is_better = True
 
-    def __init__(self, task: dict, train: Sequence[Sentence], dev: Sequence[Sentence], vocab: CharVocab, *,
-                 block_size: int, batch_size: int, eval_batch_size: int, train_words: set[str] | None = None):
-        self.task, self.dev, self.vocab = task, list(dev), vocab
+    def __init__(self, task: dict, train: Sequence[Sentence] | dict[str, Sequence[Sentence]],
+                 dev: Sequence[Sentence] | dict[str, Sequence[Sentence]], vocab: CharVocab, *,
+                 block_size: int, batch_size: int, eval_batch_size: int,
+                 train_words: set[str] | dict[str, set[str]] | None = None, mix_temperature: float = MIX_TEMPERATURE):
+        self.task, self.vocab, self.standards = task, vocab, list(task.get("standards", ()))
+        self.dev = dev if self.standards else list(dev)
         self.batch_size, self.eval_batch_size, self.train_words = batch_size, eval_batch_size, train_words or set()
-        index = {tag: i for i, tag in enumerate(task["tags"])}
+        corpora = [train[name] for name in self.standards] if self.standards else [train]
         self.pieces: list[tuple[list[int], list[int]]] = []
-        for sentence in train:
-            ids = vocab.encode_aligned(sentence.text)
-            for a, b in training_pieces(sentence.spans, len(ids), block_size):
-                tags = spans_to_tags(clip_spans(sentence.spans, a, b), b - a, task["scheme"])
-                self.pieces.append((ids[a:b], [index[t] for t in tags]))
+        self.piece_standard: list[int] = []  # the standard (index into self.standards) of each piece
+        for k, sentences in enumerate(corpora):
+            new = self._pieces(sentences, marker_width(block_size, self.standards))
+            self.pieces += new
+            self.piece_standard += [k] * len(new)
+        # Each piece's chance of being drawn (relative): 1 for one corpus, its corpus's share / its size for several.
+        self.piece_weights = torch.ones(len(self.pieces), dtype=torch.float64)
+        self.shares = [1.0]  # each corpus's share of the rows drawn
+        if self.standards:
+            sizes = [self.piece_standard.count(k) for k in range(len(corpora))]
+            shares = self.shares = mix_shares(sizes, mix_temperature)
+            self.piece_weights = torch.tensor([shares[k] / sizes[k] for k in self.piece_standard], dtype=torch.float64)
         by_length = sorted(range(len(self.pieces)), key=lambda i: len(self.pieces[i][0]))
         size = BUCKET_BATCHES * batch_size
         self.buckets = [torch.tensor(by_length[i : i + size]) for i in range(0, len(by_length), size)]
-        self.bucket_sizes = torch.tensor([len(b) for b in self.buckets], dtype=torch.float64)
-        self.mean_length = sum(len(ids) for ids, _ in self.pieces) / max(1, len(self.pieces))
+        self.bucket_sizes = torch.stack([self.piece_weights[b].sum() for b in self.buckets]) if self.buckets else None
+        lengths = torch.tensor([len(ids) for ids, _ in self.pieces], dtype=torch.float64)
+        self.mean_length = float((lengths * self.piece_weights).sum() / self.piece_weights.sum()) if self.pieces else 0.0
+
+    def _pieces(self, sentences: Sequence[Sentence], width: int) -> list[tuple[list[int], list[int]]]:
+        """(ids, tag indices) of the training pieces of `sentences`, each at most `width` characters."""
+        index, pieces = {tag: i for i, tag in enumerate(self.task["tags"])}, []
+        for sentence in sentences:
+            ids = self.vocab.encode_aligned(sentence.text)
+            for a, b in training_pieces(sentence.spans, len(ids), width):
+                tags = spans_to_tags(clip_spans(sentence.spans, a, b), b - a, self.task["scheme"])
+                pieces.append((ids[a:b], [index[t] for t in tags]))
+        return pieces
 
     @property
     def n_train(self) -> int:
         return len(self.pieces)
 
-    def batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """ids ``(B, T)``, lengths ``(B,)``, tags ``(B, T)`` (`IGNORE_INDEX` on padding): `batch_size` pieces
-        drawn uniformly from one length bucket, itself drawn in proportion to its size. Raises CharformerError
-        when no training sentence has a character."""
+    def batch(self, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """ids ``(B, T)``, lengths ``(B,)``, tags ``(B, T)`` (`IGNORE_INDEX` on padding), and for a
+        multi-criteria segmenter standards ``(B,)``: `batch_size` pieces drawn from one length bucket (itself
+        drawn in proportion to its pieces' weight), uniformly or, for several corpora, by their weights. Raises
+        CharformerError when no training sentence has a character."""
         if not self.buckets:
             raise CharformerError("no training sentence has a character to tag")
         bucket = self.buckets[int(torch.multinomial(self.bucket_sizes, 1, generator=generator))]
-        picks = bucket[torch.randint(len(bucket), (self.batch_size,), generator=generator)].tolist()
+        if self.standards:
+            draws = torch.multinomial(self.piece_weights[bucket], self.batch_size, replacement=True, generator=generator)
+        else:
+            draws = torch.randint(len(bucket), (self.batch_size,), generator=generator)
+        return self._collate(bucket[draws].tolist())
+
+    def batches_in_order(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Every training piece once, in order, in batches of `batch_size` as `batch` makes them (for a
+        measurement over a fixed set, such as head importance in `charformer.prune`)."""
+        for start in range(0, len(self.pieces), self.batch_size):
+            yield self._collate(range(start, min(start + self.batch_size, len(self.pieces))))
+
+    def _collate(self, picks) -> tuple[torch.Tensor, ...]:
         ids, lengths = pad_sequences([self.pieces[i][0] for i in picks])
         tags, _ = pad_sequences([self.pieces[i][1] for i in picks], pad=IGNORE_INDEX)
-        return ids, lengths, tags
+        if not self.standards:
+            return ids, lengths, tags
+        return ids, lengths, tags, torch.tensor([self.piece_standard[i] for i in picks])
 
     def loss(self, model, batch) -> tuple[torch.Tensor, int]:
         """Summed loss over the real characters / (rows x mean piece length); see the module docstring."""
-        ids, lengths, tags = batch
+        ids, lengths = batch[0], batch[1]
         n_chars = int(lengths.sum())
-        return model(ids, lengths, tags) * (n_chars / (len(ids) * self.mean_length)), n_chars
+        return model(*batch) * (n_chars / (len(ids) * self.mean_length)), n_chars
 
-    def score(self, model: Tagger, sentences: Sequence[Sentence], progress: bool = False) -> dict:
-        """All metrics of the task on `sentences` (segmentation: `cws_scores`; NER: `entity_scores`)."""
+    def score(self, model: Tagger, sentences: Sequence[Sentence] | dict[str, Sequence[Sentence]],
+              progress: bool = False) -> dict:
+        """All metrics of the task on `sentences` (segmentation: `cws_scores`; NER: `entity_scores`); for a
+        multi-criteria segmenter, `sentences` by standard and the scores of each under ``"standards"``, with
+        their mean (`criteria.mean_scores`)."""
+        if self.standards:
+            return mean_scores({name: self._score(model, sentences[name], self.train_words[name], name, progress)
+                                for name in self.standards})
+        return self._score(model, sentences, self.train_words, None, progress)
+
+    def _score(self, model: Tagger, sentences: Sequence[Sentence], train_words: set[str], standard: str | None,
+               progress: bool) -> dict:
         predicted = tag_texts(model, self.vocab, [s.text for s in sentences], batch_size=self.eval_batch_size,
-                              overlap=self.task["overlap"], progress=progress)
+                              overlap=self.task["overlap"], progress=progress, standard=standard)
         if self.task["task"] == "cws":
             return cws_scores([spans_to_words(s.text, s.spans) for s in sentences],
-                              [spans_to_words(s.text, p) for s, p in zip(sentences, predicted)], self.train_words)
+                              [spans_to_words(s.text, p) for s, p in zip(sentences, predicted)], train_words)
         return entity_scores([s.spans for s in sentences], predicted)
 
     def evaluate(self, model) -> dict[str, float]:
-        return {k: v for k, v in self.score(model, self.dev).items() if isinstance(v, float)}
+        scores = self.score(model, self.dev)
+        per_standard = {f"f1_{name}": s["f1"] for name, s in scores.get("standards", {}).items()}
+        return {**{k: v for k, v in scores.items() if isinstance(v, float)}, **per_standard}
 
     def report(self, model) -> None:
         return None

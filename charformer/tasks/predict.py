@@ -40,26 +40,32 @@ def _batch_starts(n: int, batch_size: int, progress: bool):
 
 
 def predict_tags(model: Tagger, id_seqs: Sequence[Sequence[int]], *, batch_size: int, overlap: int,
-                 progress: bool = False, bias: Sequence[torch.Tensor | None] | None = None) -> list[list[int]]:
+                 progress: bool = False, bias: Sequence[torch.Tensor | None] | None = None,
+                 standard: str | None = None) -> list[list[int]]:
     """Tag indices of every sentence (lists of character ids, any length): `predict_tag_scores`, then each
     sentence decoded whole (`decode_tag_scores`, with `bias`). Call under no_grad, in eval mode."""
-    scores = predict_tag_scores(model, id_seqs, batch_size=batch_size, overlap=overlap, progress=progress)
+    scores = predict_tag_scores(model, id_seqs, batch_size=batch_size, overlap=overlap, progress=progress,
+                                standard=standard)
     return decode_tag_scores(model.head, scores, bias)
 
 
 def predict_tag_scores(model: Tagger, id_seqs: Sequence[Sequence[int]], *, batch_size: int, overlap: int,
-                       progress: bool = False) -> list[torch.Tensor]:
+                       progress: bool = False, standard: str | None = None) -> list[torch.Tensor]:
     """Tag scores ``(n_i, K)`` float32 on the CPU of every sentence: the windows of all sentences go through the
     model in batches of `batch_size` (longest first, so batches pad little) and their kept scores are stitched
-    per sentence. Call under no_grad, in eval mode."""
-    device, size, n_tags = _device(model), model.body.cfg.block_size, len(model.head.tags)
+    per sentence. A multi-criteria segmenter reads every window after the marker of `standard` (one of
+    ``model.standards``, `charformer.tasks.criteria`); other models take None. Call under no_grad, in eval
+    mode."""
+    device, size, n_tags = _device(model), model.window, len(model.head.tags)
+    marker = None if standard is None else model.markers.index(standard)
     scores = [torch.zeros(len(ids), n_tags) for ids in id_seqs]  # stitched (n_i, K) per sentence, on the CPU
     rows = [(i, w) for i, ids in enumerate(id_seqs) for w in plan_windows(len(ids), size, overlap)]
     rows.sort(key=lambda row: row[1].end - row[1].start, reverse=True)
     for b in _batch_starts(len(rows), batch_size, progress):
         batch = rows[b : b + batch_size]
         ids, lengths = pad_sequences([id_seqs[i][w.start : w.end] for i, w in batch])
-        out = model(ids.to(device), lengths.to(device)).cpu()  # (B, T, K)
+        standards = None if marker is None else torch.full((len(batch),), marker, device=device)
+        out = model(ids.to(device), lengths.to(device), standards=standards).cpu()  # (B, T, K)
         for (i, w), row in zip(batch, out):
             scores[i][w.keep_start : w.keep_end] = row[w.keep_start - w.start : w.keep_end - w.start]
     return scores
@@ -131,12 +137,13 @@ def predict_label_probs(model: Classifier, id_seqs: Sequence[Sequence[int]], *, 
 
 
 def tag_texts(model: Tagger, vocab: CharVocab, texts: Sequence[str], *, batch_size: int, overlap: int,
-              progress: bool = False, bias: Sequence[torch.Tensor | None] | None = None) -> list[list]:
-    """Predicted spans (words or entities, see `schemes.tags_to_spans`) of each text; `bias` as in
-    `predict_tags`."""
+              progress: bool = False, bias: Sequence[torch.Tensor | None] | None = None,
+              standard: str | None = None) -> list[list]:
+    """Predicted spans (words or entities, see `schemes.tags_to_spans`) of each text; `bias` and `standard` as
+    in `predict_tags`."""
     tags = model.head.tags
     paths = predict_tags(model, [vocab.encode_aligned(t) for t in texts], batch_size=batch_size, overlap=overlap,
-                         progress=progress, bias=bias)
+                         progress=progress, bias=bias, standard=standard)
     return [tags_to_spans([tags[i] for i in path]) for path in paths]
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from bench import cws_frontier, cws_peers
 from charformer.errors import CharformerError
+from tests.test_multi_criteria import SENTENCE, corpora, mc_model  # noqa: F401 (fixtures)
 
 
 def test_every_checkpoint_at_every_precision_and_batch_size(tmp_path):
@@ -48,6 +49,24 @@ def test_standard_maps_for_a_multi_criteria_checkpoint(tmp_path):
     for bad in (["ctb6=ctb6"], ["mc:ctb6"], ["mc:ctb6=ctb6,"], ["mc:a=b", "mc:c=d"]):
         with pytest.raises(CharformerError, match="--standard-map"):
             cws_peers.standard_maps(bad)
+
+
+def test_a_worker_sets_a_multi_criteria_segmenter_to_each_corpus_standard(mc_model, tmp_path):
+    gold = tmp_path / "gold.txt"
+    gold.write_text("中国 人民 北京 大学\n", encoding="utf-8")
+    maps = cws_peers.standard_maps(["mc:ctb6=split,zx=whole"])
+    (tool,) = cws_peers.our_variants([f"mc={mc_model}"], "int8", "8", maps)
+    worker = cws_peers.Worker(tool)  # a process of its own, as in a measurement
+    try:
+        for corpus, words in (("ctb6", ["中国", "人民", "北京", "大学"]), ("zx", ["中国人民", "北京大学"]),
+                              ("ctb6", ["中国", "人民", "北京", "大学"])):
+            reply = worker.ask({"corpus": corpus, "path": str(gold), "words": True})
+            assert reply["words"] == [words] and reply["seconds"] > 0
+    finally:
+        worker.close()
+    (plain,) = cws_peers.our_variants([f"mc={mc_model}"], "fp32", "8")
+    with pytest.raises(CharformerError, match="choose its standard"):
+        cws_peers.load_tool(plain)
 
 
 def test_a_round_alternates_peers_and_ours():

@@ -21,6 +21,7 @@ from charformer.tasks.readers import read_cws
 from charformer.tasks.schemes import spans_to_words, tag_set, transition_masks
 from charformer.vocab import UNK_ID, CharVocab
 from tests.test_finetune_cli import TINY
+from tests.test_multi_criteria import corpora, mc_model  # noqa: F401 (fixtures)
 
 BMES = tag_set("BMES", [""], outside=False)
 TASK = {"task": "cws", "scheme": "BMES", "tags": BMES, "crf": False, "head_dropout": 0.0, "overlap": 4}
@@ -195,7 +196,7 @@ def test_a_student_reaches_the_teachers_tags_not_the_gold_ones(tmp_path):
     assert distill.last_kl < first_kl / 4
 
 
-def test_finetune_distill_from_a_teacher(tiny_segmenter, tmp_path):
+def test_finetune_distill_from_a_teacher(tiny_segmenter, mc_model, tmp_path):
     data = tmp_path / "train.txt"
     data.write_text("".join(" ".join(words) + "\n" for words in TEACHER_WORDS * 4), encoding="utf-8")
     files = ["--task", "cws", "--train", str(data), "--dev", str(data), "--test", str(data), "--init", "scratch"]
@@ -209,3 +210,6 @@ def test_finetune_distill_from_a_teacher(tiny_segmenter, tmp_path):
         finetune.main([*student, "--out", str(tmp_path / "wide"), "--block-size", "32"])
     with pytest.raises(CharformerError, match="distill_alpha"):
         finetune.main([*student, "--out", str(tmp_path / "bad"), "--distill-alpha", "1.5"])
+    with pytest.raises(CharformerError, match="multi-criteria teacher or student"):
+        finetune.main([*files, *TINY, "--max-steps", "3", "--out", str(tmp_path / "mc"), "--distill-from",
+                       str(mc_model)])

@@ -65,10 +65,14 @@ def vocab_map(student: CharVocab, teacher: CharVocab) -> torch.Tensor:
 
 def check_teacher(teacher: Tagger, teacher_task: dict, student_task: dict, block_size: int, where: str) -> None:
     """Raise CharformerError unless `teacher` tags the student's task (`student_task`, a task description of
-    `charformer.tasks.jobs`) with the same tags, and reads pieces of `block_size` characters."""
+    `charformer.tasks.jobs`) with the same tags, and reads pieces of `block_size` characters, and neither is a
+    multi-criteria segmenter."""
     if not isinstance(teacher, Tagger) or teacher_task["task"] != student_task["task"]:
         raise CharformerError(f"--distill-from {where}: a {teacher_task['task']} model; the student is "
                               f"{student_task['task']}")
+    if teacher.standards or student_task.get("standards"):
+        raise CharformerError(f"--distill-from {where}: distillation is between single-standard models; a "
+                              "multi-criteria teacher or student (charformer.tasks.criteria) is not supported")
     if list(teacher.head.tags) != list(student_task["tags"]):
         raise CharformerError(f"--distill-from {where}: its tags {teacher.head.tags} differ from the student's "
                               f"{student_task['tags']}")

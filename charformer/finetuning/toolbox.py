@@ -1,8 +1,8 @@
 """The fine-tuning toolbox in finetune.py: its options, and the wrappers it puts around the job.
 
     objective ─> Distill ─> RDrop ─> Adversarial ─> + EWC penalty ─> Averaged ─> charformer.train.fit
-                 (+ teacher) (two passes) (K+1 passes)              (evaluates, and OUT/best saves, the averaged
-                                                                     weights)
+                 (+ the      (two     (K+1 passes)                      (evaluates, and OUT/best saves,
+                 teacher)    passes)                                     the averaged weights)
 
 Every method is a wrapper around the objective that `fit` trains (its ``loss``, or its ``evaluate``), a call
 after each optimizer step (the EMA), a wrapper around the run's `Checkpointer` (the averaged weights saved as

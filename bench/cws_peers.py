@@ -37,7 +37,9 @@ How it is measured:
 * memory: each worker's peak resident set size (VmHWM in /proc/self/status) after all its runs: the
   interpreter, the tool, its model and the largest corpus.
 
-Output: a table on stdout and JSON (--out, default out/cws_peers.json) with the command.
+Output: a table on stdout and JSON (--out, default out/cws_peers.json) with the command: one row per corpus
+and tool, a row of ours also naming its ``label``, ``ckpt``, ``dtype`` (fp32, int8, bf16), ``batch_size`` and
+``standard``. `python -m bench.cws_frontier` draws a corpus's rows as the F1/speed frontier.
 """
 
 from __future__ import annotations

@@ -222,5 +222,11 @@ def test_prune_removes_heads_and_layers_from_the_command_line(two_layer_segmente
     with pytest.raises(CharformerError, match="--drop-heads: can drop 0..1 heads"):
         prune.main(["--ckpt", str(ckpt), *files, "--out", str(tmp_path / "x"), "--drop-layers", "1",
                     "--drop-heads", "2"])
-    with pytest.raises(CharformerError, match="nothing to prune"):
-        prune.main(["--ckpt", str(ckpt), *files, "--out", str(tmp_path / "y"), "--drop-layers", "0"])
+    with pytest.raises(CharformerError, match="nothing to do"):
+        prune.main(["--ckpt", str(ckpt), *files, "--out", str(tmp_path / "y"), "--drop-layers", "0",
+                    "--recover-steps", "0"])
+    control = tmp_path / "control"  # nothing removed, the same recovery: the original trained as long
+    assert prune.main(["--ckpt", str(ckpt), *files, "--out", str(control), "--drop-layers", "0",
+                       "--recover-steps", "2", "--repeats", "1"]) == 0
+    r = json.loads((control / "results.json").read_text())
+    assert r["pruned"]["n_layers"] == r["original"]["n_layers"] and r["pruned"]["parameters"] == r["original"]["parameters"]

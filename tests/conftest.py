@@ -18,6 +18,17 @@ os.environ.setdefault("CHARFORMER_FLEX_COMPILE", "0")
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread for the test (modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    the matrices of the tiny test models gain nothing from threads, and on a busy 2-core machine two threads made
+    a training step 30x slower than one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def device() -> torch.device:
     """Where kernel tests put their tensors: the GPU if there is one, else the CPU (interpreter)."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

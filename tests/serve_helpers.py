@@ -8,6 +8,7 @@ import json
 import random
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import uvicorn
@@ -89,3 +90,16 @@ def request(port: int, method: str, path: str, body=None, headers: dict | None =
         return response.status, dict(response.getheaders()), content
     finally:
         conn.close()
+
+
+def post_together(port: int, path: str, bodies: list) -> list:
+    """POST each of `bodies` to `path` from its own thread, all released at once by a barrier, so that they reach
+    the server together (what batching needs); the `request` results in the order of `bodies`."""
+    barrier = threading.Barrier(len(bodies))
+
+    def send(body):
+        barrier.wait()
+        return request(port, "POST", path, body)
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(send, bodies))

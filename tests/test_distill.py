@@ -32,12 +32,7 @@ TEACHER_WORDS = [["我们", "在", "北京", "天安门"], ["中国", "人民", 
 OTHER_WORDS = [["我", "们在北", "京天安门"], ["中国人", "民站", "起来了"], ["北京人民在", "中", "国"]]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices; threads only add overhead on a shared 2-core machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_cws(path, segmentations) -> list:

@@ -33,12 +33,7 @@ MODEL = TINY[:10]  # the architecture and batch size of TINY, for pretraining th
 OLD, NEW = "我们在北京天安门中国人民站起来了", "山高水长风轻云淡"  # the LM's pretraining and new characters
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices; threads only add overhead on a shared 2-core machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

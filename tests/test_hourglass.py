@@ -17,12 +17,7 @@ def hourglass(k, **overrides):
     return tiny_model(n_layers=4, shorten=k, shorten_layers=[1, 2, 1], **overrides)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("k", [2, 3, 4])

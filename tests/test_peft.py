@@ -36,14 +36,7 @@ OPTIONS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Matrices of a 32-wide model gain nothing from threads, and on a busy 2-core machine two threads made a
-    # training step 30x slower than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ids(batch=2, length=16, seed=0):

@@ -27,7 +27,7 @@ from charformer.serve.app import BatchConfig, Service, build_app
 from charformer.serve.batching import Batcher
 from charformer.serve.limits import Limits
 from charformer.serve.models import load_served, share_identical_tensors
-from tests.serve_helpers import ThreadServer, make_models, request
+from tests.serve_helpers import ThreadServer, make_models, post_together, request
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "s3cret-token"
@@ -138,14 +138,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_words(full):
     chars = "中国人民站起来了我们北京天安门，。张三abc 😀"
     requests = [{"texts": ["".join(chars[(i * 7 + j * 3 + k) % len(chars)] for k in range(3 + (i + j) % 20))
                            for j in range(1 + i % 4)], "adapter": "seg"} for i in range(24)]
-    barrier = threading.Barrier(len(requests))
-
-    def send(body):
-        barrier.wait()
-        return request(full.port, "POST", "/v1/segment", body)
-
-    with ThreadPoolExecutor(len(requests)) as pool:
-        answers = list(pool.map(send, requests))
+    answers = post_together(full.port, "/v1/segment", requests)
     for body, (status, _, out) in zip(requests, answers):
         assert status == 200 and ["".join(words) for words in out["words"]] == body["texts"]
     after = _metrics(full.port)

@@ -5,7 +5,6 @@ client that goes away leaves the batch; batching off steps one sequence at a tim
 import json
 import random
 import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,7 +15,7 @@ import pretrain
 from charformer.serve.app import BatchConfig, Service, build_app
 from charformer.serve.limits import Limits
 from charformer.serve.models import load_served
-from tests.serve_helpers import TINY, WORDS, ThreadServer, request
+from tests.serve_helpers import TINY, WORDS, ThreadServer, post_together, request
 
 
 @pytest.fixture(scope="module")
@@ -58,14 +57,7 @@ def test_concurrent_generations_share_steps_and_each_gets_its_own_text(lm):
         assert len(set(alone)) == len(BODIES) and all(alone)
         before = _batch_sizes(server.port)
         assert before["count"] == before["single"]  # one request at a time: every step held one sequence
-        barrier = threading.Barrier(len(BODIES))
-
-        def send(body):
-            barrier.wait()
-            return request(server.port, "POST", "/v1/generate", body)
-
-        with ThreadPoolExecutor(len(BODIES)) as pool:
-            answers = list(pool.map(send, BODIES))
+        answers = post_together(server.port, "/v1/generate", BODIES)
         assert [(status, out["text"]) for status, _, out in answers] == [(200, text) for text in alone]
         after = _batch_sizes(server.port)
         steps, shared = after["count"] - before["count"], after["count"] - after["single"]

@@ -2,7 +2,6 @@
 outputs that keep every input character, exactly invertible segmentation, clear errors."""
 
 import json
-import random
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -12,53 +11,15 @@ import pretrain
 from charformer import classify, segment, tag
 from charformer.errors import CharformerError
 from charformer.segment import format_words, join_words
-from tests.helpers import TINY_MODEL
+from tests.helpers import TINY_MODEL, WORDS, write_task_files
 
 TINY = [*TINY_MODEL, "--block-size", "16", "--batch-size", "8",
         "--device", "cpu", "--log-interval", "5", "--lr", "3e-3", "--eval-interval", "1000"]
-WORDS = ["中国", "人民", "站", "起来", "了", "我们", "北京", "天安门", "，", "。", "ABC", "１２３"]
-ENTITIES = [("张三", "NAME"), ("北京大学", "ORG"), ("经理", "TITLE"), ("男", "GENDER")]
-
-
-def _cws_text(rng, n):
-    return "".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 10))) + "\n" for _ in range(n))
-
-
-def _ner_text(rng, n):
-    sentences = []
-    for _ in range(n):
-        lines = []
-        for _ in range(rng.randint(2, 5)):
-            if rng.random() < 0.5:
-                word, kind = rng.choice(ENTITIES)
-                prefixes = ["S"] if len(word) == 1 else ["B"] + ["M"] * (len(word) - 2) + ["E"]
-                lines += [f"{c} {p}-{kind}" for c, p in zip(word, prefixes)]
-            else:
-                lines += [f"{c} O" for c in rng.choice(["是", "在", "工作", "，"])]
-        sentences.append("\n".join(lines) + "\n")
-    return "\n".join(sentences)
-
-
-def _cls_text(rng, n):
-    good, bad = ["很好", "喜欢", "干净"], ["很差", "讨厌", "失望"]
-    rows = ["label\ttext_a"]
-    for _ in range(n):
-        label = rng.randint(0, 1)
-        rows.append(f"{label}\t房间" + "".join(rng.choice(good if label else bad) for _ in range(rng.randint(1, 8))))
-    return "\n".join(rows) + "\n"
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    rng = random.Random(0)
-    paths = {}
-    for task, make, ext in (("cws", _cws_text, "txt"), ("ner", _ner_text, "bmes"), ("classify", _cls_text, "tsv")):
-        for split, n in (("train", 40), ("dev", 8), ("test", 8)):
-            path = root / f"{task}_{split}.{ext}"
-            path.write_text(make(rng, n), encoding="utf-8")
-            paths[task, split] = str(path)
-    return paths
+    return write_task_files(tmp_path_factory.mktemp("data"), n_train=40, n_eval=8)
 
 
 def _run(files, task, out, *extra):

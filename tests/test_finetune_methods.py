@@ -26,8 +26,8 @@ from charformer.tasks.objectives import ClassificationObjective, TaggingObjectiv
 from charformer.tasks.predict import tag_texts
 from charformer.tasks.schemes import spans_to_words
 from charformer.vocab import CharVocab
-from tests.test_finetune_cli import TINY, _cls_text, _cws_text
-from tests.helpers import train_losses
+from tests.helpers import train_losses, write_task_files
+from tests.test_finetune_cli import TINY
 
 MODEL = TINY[:10]  # the architecture and batch size of TINY, for pretraining the bases
 OLD, NEW = "我们在北京天安门中国人民站起来了", "山高水长风轻云淡"  # the LM's pretraining and new characters
@@ -40,11 +40,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     rng = random.Random(0)
-    paths = {}
-    for task, make, ext in (("cws", _cws_text, "txt"), ("classify", _cls_text, "tsv")):
-        for split, n in (("train", 40), ("dev", 8), ("test", 8)):
-            paths[task, split] = root / f"{task}_{split}.{ext}"
-            paths[task, split].write_text(make(rng, n), encoding="utf-8")
+    paths = write_task_files(root, n_train=40, n_eval=8, tasks=("cws", "classify"), rng=rng)
     paths["raw"] = root / "raw.txt"
     paths["raw"].write_text("我们在北京天安门\n中国人民站起来了\n" * 40, encoding="utf-8")
     # A text the LM learns (OLD), and a new one that shares a few of its characters and brings unseen ones.

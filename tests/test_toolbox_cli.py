@@ -21,7 +21,8 @@ from charformer.tasks.predict import predict_tag_scores
 from charformer.tasks.segmenter import Segmenter
 from charformer.tasks.viterbi import viterbi
 from charformer.vocab import MASK_ID, CharVocab
-from tests.test_finetune_cli import TINY, _cls_text, _cws_text, _ner_text
+from tests.helpers import cws_text, write_task_files
+from tests.test_finetune_cli import TINY
 
 FAST = [*TINY[:-2], "--eval-interval", "4"]
 
@@ -29,13 +30,7 @@ FAST = [*TINY[:-2], "--eval-interval", "4"]
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("toolbox_data")
-    rng = random.Random(0)
-    paths = {}
-    for task, make, ext in (("cws", _cws_text, "txt"), ("ner", _ner_text, "bmes"), ("classify", _cls_text, "tsv")):
-        for split, n in (("train", 24), ("dev", 6), ("test", 6)):
-            path = root / f"{task}_{split}.{ext}"
-            path.write_text(make(rng, n), encoding="utf-8")
-            paths[task, split] = str(path)
+    paths = write_task_files(root, n_train=24, n_eval=6)
     raw = root / "raw.txt"
     raw.write_text("房间很好喜欢干净很差讨厌失望总之。\n" * 30, encoding="utf-8")
     paths["raw"] = str(raw)
@@ -98,7 +93,7 @@ def test_rdrop_pgd_and_augmentation_for_tagging(files, mlm, tmp_path):
 def test_ewc_reduces_forgetting_of_the_original_text(files, tmp_path):
     original, new = tmp_path / "a.txt", tmp_path / "b.txt"
     original.write_text("房间很好喜欢干净很差讨厌失望总之。\n" * 30, encoding="utf-8")
-    new.write_text(_cws_text(random.Random(0), 60).replace(" ", ""), encoding="utf-8")
+    new.write_text(cws_text(random.Random(0), 60).replace(" ", ""), encoding="utf-8")
     assert pretrain.main(["--data", str(original), "--out", str(tmp_path / "clm"), "--max-steps", "40", *TINY[:12],
                           "--lr", "3e-3"]) == 0
     forgetting = {}

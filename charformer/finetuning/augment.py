@@ -40,6 +40,8 @@ FREQUENT_CHARS = 100  # insertions draw from this many most frequent training ch
 
 
 def delete_chars(text: str, rng: random.Random, p: float = EDIT_SHARE) -> str | None:
+    """`text` with each character deleted with probability `p` (EDA's random deletion, Wei & Zou 2019); one
+    random character if all were deleted; None for a text under 2 characters (nothing to learn from)."""
     if len(text) < 2:
         return None
     kept = [c for c in text if rng.random() >= p]
@@ -47,6 +49,8 @@ def delete_chars(text: str, rng: random.Random, p: float = EDIT_SHARE) -> str | 
 
 
 def swap_chars(text: str, rng: random.Random, p: float = EDIT_SHARE) -> str | None:
+    """`text` with round(p x length) (at least 1) swaps of two random positions (EDA's random swap); None for a
+    text under 2 characters."""
     if len(text) < 2:
         return None
     chars = list(text)
@@ -57,6 +61,8 @@ def swap_chars(text: str, rng: random.Random, p: float = EDIT_SHARE) -> str | No
 
 
 def insert_chars(text: str, rng: random.Random, frequent: Sequence[str], p: float = EDIT_SHARE) -> str:
+    """`text` with round(p x length) (at least 1) characters drawn from `frequent` inserted at random positions
+    (EDA's random insertion, with frequent training characters in place of synonyms)."""
     chars = list(text)
     for _ in range(max(1, round(p * len(chars)))):
         chars.insert(rng.randint(0, len(chars)), rng.choice(frequent))

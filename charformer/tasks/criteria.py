@@ -124,6 +124,7 @@ class CriterionMarkers(nn.Module):
         nn.init.normal_(self.embedding.weight, std=0.02)  # as the body's character embeddings
 
     def index(self, name: str) -> int:
+        """The marker row of standard `name`; raises ValueError for a name the model was not trained on."""
         return self.standards.index(name)
 
     def hidden_states(self, body: nn.Module, ids: torch.Tensor, lengths: torch.Tensor,

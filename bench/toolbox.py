@@ -3,6 +3,7 @@ from a masked LM pretrained on the reviews' own text (task-adaptive pretraining)
 
     python -m bench.toolbox                        # sized for a shared CPU: minutes
     python -m bench.toolbox --shots 16,64,256 --seeds 1,2,3 --pretrain-steps 3000 --n-layers 4 --d-model 256
+    python -m bench.toolbox --init out/zh_mlm/best --pretrain-steps 0   # a given masked LM, no review pretraining
     charformer bench toolbox --results bench/results/toolbox_fewshot.json
 
 Steps, each a call of the project's own `main` (pretrain.py, finetune.py; nothing of their logic repeated here):
@@ -33,7 +34,7 @@ from pathlib import Path
 import finetune
 import pretrain
 from bench import data_dir
-from charformer.errors import run_cli
+from charformer.errors import CharformerError, run_cli
 from charformer.tasks.readers import read_labeled
 
 VERBALIZERS = "0\t差\n1\t好\n"
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default=None, help="a masked LM to continue pretraining on the reviews (default: random "
                    "weights)")
     p.add_argument("--pretrain-steps", type=int, default=600, help="masked-LM pretraining steps (default: "
-                   "%(default)s)")
+                   "%(default)s); 0 fine-tunes --init as it is, without pretraining on the reviews")
     p.add_argument("--n-layers", type=int, default=2, help="layers of the model pretrained from random weights "
                    "(default: %(default)s)")
     p.add_argument("--n-heads", type=int, default=4, help="attention heads of that model (default: %(default)s)")
@@ -76,6 +77,24 @@ def write_reviews(src: Path, dst: Path) -> None:
     dst.write_text("".join(d.text + "\n" for d in read_labeled(src)), encoding="utf-8")
 
 
+def pretrain_on_reviews(args, out: Path, reviews: Path, dev_reviews: Path) -> tuple[Path, dict]:
+    """Step 2: the masked LM the few-shot runs start from, and what its pretraining measured. With
+    --pretrain-steps 0, --init itself (no pretraining on the reviews)."""
+    if args.pretrain_steps == 0:
+        if not args.init:
+            raise CharformerError("--pretrain-steps 0 needs --init (the masked LM to fine-tune as it is)")
+        return Path(args.init), {"init": args.init, "steps": 0}
+    mlm = out / "runs" / "mlm"
+    shape = ["--n-layers", str(args.n_layers), "--n-heads", str(args.n_heads), "--d-model", str(args.d_model),
+             "--block-size", str(args.block_size)]
+    pretrain.main(["--data", str(reviews), "--val", str(dev_reviews), "--objective", "mlm", "--packing", "lines",
+                   "--out", str(mlm), "--overwrite", "--max-steps", str(args.pretrain_steps), "--batch-size",
+                   str(args.batch_size), "--eval-interval", str(args.pretrain_steps), "--eval-batches", "10",
+                   "--device", args.device, *(["--init", args.init] if args.init else shape)])
+    pretrained = json.loads((mlm / "results.json").read_text())
+    return mlm, {k: pretrained[k] for k in ("val_loss", "val_mlm_accuracy", "steps", "params", "train_seconds")}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.time()
@@ -85,14 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     write_reviews(data / "train.tsv", reviews)
     write_reviews(data / "dev.tsv", dev_reviews)
     (out / "data" / "verbalizers.tsv").write_text(VERBALIZERS, encoding="utf-8")
-    mlm = out / "runs" / "mlm"
-    shape = ["--n-layers", str(args.n_layers), "--n-heads", str(args.n_heads), "--d-model", str(args.d_model),
-             "--block-size", str(args.block_size)]
-    pretrain.main(["--data", str(reviews), "--val", str(dev_reviews), "--objective", "mlm", "--packing", "lines",
-                   "--out", str(mlm), "--overwrite", "--max-steps", str(args.pretrain_steps), "--batch-size",
-                   str(args.batch_size), "--eval-interval", str(args.pretrain_steps), "--eval-batches", "10",
-                   "--device", args.device, *(["--init", args.init] if args.init else shape)])
-    pretrained = json.loads((mlm / "results.json").read_text())
+    mlm, pretrained = pretrain_on_reviews(args, out, reviews, dev_reviews)
     runs = []
     for shots in [int(s) for s in args.shots.split(",")]:
         for seed in [int(s) for s in args.seeds.split(",")]:
@@ -120,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     zero = [r["test_accuracy_before"] for r in runs if r["method"] == "cloze"]
     summary["zero_shot_cloze"] = {"test_accuracy": zero[0]}  # the same pretrained model and pattern in every run
     results = {"command": " ".join(["python -m bench.toolbox", *(argv if argv is not None else sys.argv[1:])]),
-               "pretrained": {k: pretrained[k] for k in ("val_loss", "val_mlm_accuracy", "steps", "params",
-                                                          "train_seconds")},
+               "pretrained": pretrained,
                "pattern": args.pattern, "verbalizers": {"0": "差", "1": "好"}, "summary": summary, "runs": runs,
                "wall_seconds": round(time.time() - t0, 1)}
     text = json.dumps(results, indent=2, ensure_ascii=False) + "\n"

@@ -238,3 +238,20 @@ def test_ensembles_average_the_members_probabilities(files, tmp_path, capsysbina
                   str(texts)])
     out = capsysbinary.readouterr().out.decode().splitlines()
     assert "人民站起" in out[1].split(" ") and out[1].replace(" ", "") == "中国人民站起来了"
+
+
+def test_fewshot_bench_fine_tunes_init_as_it_is_with_zero_pretraining_steps(files, mlm, tmp_path):
+    from bench import toolbox
+
+    data = tmp_path / "senti"
+    data.mkdir()
+    for split in ("train", "dev", "test"):
+        (data / f"{split}.tsv").write_text(open(files["classify", split], encoding="utf-8").read(), encoding="utf-8")
+    out = tmp_path / "fewshot"
+    assert toolbox.main(["--data", str(data), "--out", str(out), "--init", str(mlm), "--pretrain-steps", "0",
+                         "--shots", "4", "--seeds", "1", "--finetune-steps", "2", "--batch-size", "4"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["pretrained"] == {"init": str(mlm), "steps": 0} and not (out / "runs" / "mlm").exists()
+    assert [(r["method"], r["shots"]) for r in results["runs"]] == [("head", 4), ("cloze", 4)]
+    with pytest.raises(CharformerError, match="--pretrain-steps 0 needs --init"):
+        toolbox.main(["--data", str(data), "--out", str(out), "--pretrain-steps", "0"])

@@ -45,6 +45,7 @@ BENCHMARKS = {
     "protect_vs_gold": "how often each corpus's gold standard cuts inside a protected run (numbers, Latin, URLs)",
     "stream_memory": "peak memory of the streaming segmenter on 4 MB vs 40 MB of input",
     "toolbox": "few-shot classification: a head against cloze (PET) from a task-adaptively pretrained masked LM",
+    "toolbox_methods": "the fine-tuning toolbox method by method, and a combination, against plain fine-tuning",
     "multi_criteria": "one segmenter for four standards against four single-standard ones, same size and budget",
 }
 

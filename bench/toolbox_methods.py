@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup-steps", type=int, default=30)
     p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--adv-eps", type=float, default=1.0)
+    p.add_argument("--adv-eps", type=float, default=0.1, help="fgm, pgd: L2 radius per sequence; the body's "
+                   "character embeddings have norms near 0.6, so 1.0 can turn a character into another")
     p.add_argument("--rdrop", type=float, default=1.0)
     p.add_argument("--ema", type=float, default=0.99)
     p.add_argument("--average-last", type=int, default=3)

@@ -2,9 +2,9 @@
 combination, against plain full fine-tuning of the same pretrained body on the same budget (optimizer steps,
 batch, learning rate, schedule, seed), on ChnSentiCorp (classification) or CTB6 (word segmentation).
 
-    python -m bench.toolbox_methods --task classify --init out/zh_mlm --max-steps 150 --tapt-steps 300
-    python -m bench.toolbox_methods --task cws --init out/zh_mlm --max-steps 400 --combo ema,fgm
-    charformer bench toolbox_methods --task classify --init out/zh_mlm --results bench/results/toolbox_methods_senti.json
+    python -m bench.toolbox_methods --task classify --init out/enc/plain_mlm --max-steps 150 --combo ema,tapt
+    python -m bench.toolbox_methods --task cws --init out/enc/plain_mlm --max-steps 300 --combo fgm,rdrop,ema
+    charformer bench toolbox_methods --task classify --init out/enc/plain_mlm --results results.json
 
 Each row is one call of finetune.py's `main` (nothing of its logic repeated here) with the base options and the
 method's own flags:
@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", required=True, help="the pretrained masked LM every row starts from (pretrain.py --out)")
     p.add_argument("--data", default=None, help="folder with train/dev/test (default: ../shared/data/sentiment/"
                    "chnsenticorp with .tsv, or ../shared/data/cws/ctb6 with .txt)")
-    p.add_argument("--out", default="out/toolbox_methods", help="output folder")
+    p.add_argument("--out", default=None, help="output folder, out/toolbox_methods_TASK if not given (a finished "
+                   "run found there is reused: one folder per task and body)")
     p.add_argument("--results", default="", help="also copy results.json to this file")
     p.add_argument("--methods", default="plain,fgm,pgd,rdrop,ema,average,augment,tapt,ensemble",
                    help="comma-separated rows, in order (plain always runs: the ensemble and the table need it)")
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or "ensemble" in combo:
         raise CharformerError(f"unknown or uncombinable methods {unknown or ['ensemble']}; choose from "
                               f"{', '.join(flags)} (--combo: all but ensemble)")
-    files, out = task_files(args), Path(args.out)
+    files, out = task_files(args), Path(args.out or f"out/toolbox_methods_{args.task}")
     (out / "data").mkdir(parents=True, exist_ok=True)
     runs, rows = out / "runs", []
     plain = finetune_run(args, files, runs / "plain", Path(args.init), [], args.seed)
@@ -186,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         init = task_adapted_body(args, files, out) if "tapt" in combo else Path(args.init)
         combined = [f for m in combo for f in flags[m]]
         r = finetune_run(args, files, runs / ("combo_" + "_".join(combo)), init, combined, args.seed)
-        rows.append(row("+".join(combo), combined, r, args.task))
+        rows.append(row("+".join(combo), combined + ([f"--init {init}"] if "tapt" in combo else []), r,
+                        args.task))
     results = {"command": " ".join(["python -m bench.toolbox_methods", *(argv if argv is not None else sys.argv[1:])]),
                "task": args.task, "init": args.init, "max_steps": args.max_steps, "batch_size": args.batch_size,
                "rows": rows, "wall_seconds": round(time.time() - t0, 1)}

@@ -56,6 +56,7 @@ def test_each_row_is_its_own_run_and_tapt_continues_the_body(task_dirs, tmp_path
     assert tapt["steps"] == 3 and tapt["init"] == str(body)
     combo = json.loads((out / "runs" / "combo_ema_tapt" / "results.json").read_text())
     assert combo["init"] == str(out / "runs" / "tapt_mlm") and combo["toolbox"]["ema"] == 0.99
+    assert results["rows"][3]["flags"] == f"--ema 0.99 --init {out / 'runs' / 'tapt_mlm'}"
     with pytest.raises(CharformerError, match="unknown or uncombinable"):
         toolbox_methods.main(["--task", "classify", "--init", str(body), "--out", str(out), "--combo", "ensemble"])
 

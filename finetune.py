@@ -11,6 +11,8 @@ method.
         --test resume/test.char.bmes --init scratch --n-layers 4 --n-heads 4 --d-model 192 --block-size 128 --crf
     python finetune.py --task classify --train chnsenticorp/train.tsv --dev chnsenticorp/dev.tsv \\
         --test chnsenticorp/test.tsv --init out/mlm --out out/senti --max-steps 2000 --method adapter
+    python finetune.py --task classify --train domain/train.tsv ... --init out/senti --out out/domain_after_senti \\
+        --original-val chnsenticorp/test.tsv --ewc 1e4 --ewc-data chnsenticorp/train.tsv
     python finetune.py --task classify ... --init out/mlm --out out/senti_cloze --train-examples 64 \\
         --method cloze --pattern '{text}总之很[MASK]。' --verbalizers labels.tsv --ema 0.99 --adversarial fgm
     python finetune.py --task cws ... --init scratch --n-layers 2 --d-model 128 --out out/ctb6_student \\
@@ -29,7 +31,11 @@ learned marker of its standard, batches mixing the corpora (--mix-temperature), 
 the mean dev F1 over the standards (charformer.tasks.criteria; charformer.segment --standard NAME). lm
 continues training a causal checkpoint from pretrain.py on new text, with its vocabulary, printing a sample at
 each evaluation; --original-val measures forgetting, --rehearsal-data mixes the original corpus into every
-batch (charformer.tasks.jobs).
+batch (charformer.tasks.jobs). classify also continues a classifier fine-tuned here (--init OUT of an earlier
+classify run): the next task trains the same body with a new head, and the earlier task's head is kept,
+frozen, so --original-val (its labelled test file) measures what it forgot; --rehearsal-data (its training
+file) mixes its texts into every batch, scored by its head; --ewc with --ewc-data (its training file) holds
+the weights its loss depends on (charformer.finetuning.continual).
 
 Methods (--method, charformer/peft): full trains every weight (--freeze embeddings|bottom:N keeps part fixed);
 freeze trains the head alone (--freeze body means the same; for lm the head is the output layer, tied to the
@@ -61,8 +67,9 @@ fine-tuning) -- cws: f1, precision, recall, oov_recall, iv_recall (SIGHAN word s
 standards their means over the standards, each standard's own under "standards", and the same for the dev
 sets in dev_before and dev_after; "standards" at the top level gives each one's training examples and share of
 the batches); ner: f1, precision,
-recall and per_type; classify: accuracy, macro_f1, per_class_f1, confusion; lm: loss (nats/char), bpc, chars,
-and also dev_before/after, original_before/after, original_bpc_before/after, sample_before/after, coverage.
+recall and per_type; classify: accuracy, macro_f1, per_class_f1, confusion (and, from a fine-tuned
+classifier, original_before/after: the earlier task's scores with its head; previous_task); lm: loss
+(nats/char), bpc, chars, and also dev_before/after, original_before/after, original_bpc_before/after, sample_before/after, coverage.
 Then method (cloze for --method cloze), method_options, toolbox (every toolbox option), augmented_examples,
 trainable_params, total_params, trainable_share, adapter_bytes (what best/ takes on disk: for full the whole
 checkpoint), dev_best_<metric>, steps, epochs, train_seconds, seconds_per_epoch,
@@ -88,7 +95,8 @@ from charformer.peft import describe_trainable
 from charformer.peft.training import MethodConfig, Tuning, check_options_apply
 from charformer.run import RunArgs, add_run_options, describe_batch, run_args, start_processes, train, write_results
 from charformer.tasks.criteria import check_same_standards, parse_corpora
-from charformer.tasks.jobs import Job, JobSpec, LMConfig, TaskConfig, lm_job, task_job
+from charformer.finetuning.continual import is_task_checkpoint
+from charformer.tasks.jobs import ForgettingConfig, Job, JobSpec, LMConfig, TaskConfig, lm_job, task_job
 from charformer.tasks.model import TASKS, freeze
 from charformer.train import TrainConfig
 
@@ -109,6 +117,7 @@ class FinetuneArgs:
     toolbox: ToolboxConfig  # charformer/finetuning
     task_cfg: TaskConfig
     lm_cfg: LMConfig
+    forgetting: ForgettingConfig  # lm, and classify from a fine-tuned classifier
     train: TrainConfig
     train_given: frozenset[str]  # the TrainConfig fields given: the others get fine-tuning defaults
 
@@ -123,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "checkpoint); NAME=PATH per standard as --train")
     p.add_argument("--test", default=None, action="append", help="test file (scored before and after fine-tuning; "
                    "optional for lm); NAME=PATH per standard as --train")
-    p.add_argument("--init", default=None, help="pretrained checkpoint directory (pretrain.py --out), or 'scratch'")
+    p.add_argument("--init", default=None, help="pretrained checkpoint directory (pretrain.py --out), or 'scratch'; "
+                   "classify: also a classifier fine-tuned by this script (an earlier task, learned before this one)")
     p.add_argument("--out", default=None, help="output directory (best/, last/, metrics.jsonl, curves.png, results.json)")
     p.add_argument("--epochs", type=float, default=None, help=f"training length in passes over the training "
                    f"pieces (default {DEFAULT_EPOCHS}; or --max-steps)")
@@ -134,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_options(p, ToolboxConfig, group="fine-tuning toolbox (charformer/finetuning; --method cloze: "
                                                    "classification through the masked-LM head)")
     add_dataclass_options(p, TaskConfig, group="task (cws, ner, classify)")
+    add_dataclass_options(p, ForgettingConfig, group="forgetting and rehearsal (--task lm; --task classify from a "
+                                                     "fine-tuned classifier)")
     add_dataclass_options(p, LMConfig, group="language model (--task lm)")
     add_dataclass_options(p, TrainConfig, group="training")
     return p
@@ -166,14 +178,19 @@ def parse_args(argv: list[str] | None) -> FinetuneArgs:
     if "max_steps" in given and "epochs" in given:
         raise CharformerError("give either --max-steps or --epochs, not both")
     examples = given.get("train_examples")
-    if task == "lm" and (examples is not None or ("rehearsal_share" in given and not given.get("rehearsal_data"))
-                         or toolbox.augment or cloze):
+    if task == "lm" and (examples is not None or toolbox.augment or cloze):
         raise CharformerError("--train-examples and --augment are for cws, ner and classify, --method cloze for "
-                              "classify; --rehearsal-share needs --rehearsal-data")
+                              "classify")
+    if "rehearsal_share" in given and not given.get("rehearsal_data"):
+        raise CharformerError("--rehearsal-share needs --rehearsal-data")
+    if task == "classify" and is_task_checkpoint(spec.init) and (method.method != "full" or cloze):
+        raise CharformerError(f"--init {spec.init} is a fine-tuned classifier: the next task trains its whole body "
+                              f"and a new head (--method full), not --method {'cloze' if cloze else method.method}")
     if examples is not None and examples < 1:
         raise CharformerError(f"--train-examples must be >= 1, got {examples}")
     return FinetuneArgs(run, spec, given.get("epochs"), examples, method, cloze, toolbox, task_cfg,
-                        build_dataclass(LMConfig, given), train_cfg, frozenset(given_fields(TrainConfig, given)))
+                        build_dataclass(LMConfig, given), build_dataclass(ForgettingConfig, given), train_cfg,
+                        frozenset(given_fields(TrainConfig, given)))
 
 
 def set_training_length(cfg: TrainConfig, epochs: float | None, given_fields: frozenset[str], n_train: int,
@@ -215,8 +232,11 @@ def build_job(opts: FinetuneArgs, world_size: int) -> Job:
     which `fit` gives each rank its slice."""
     job_cfg = replace(opts.train, batch_size=opts.train.batch_size * world_size)
     if opts.spec.task == "lm":
-        return lm_job(opts.spec, opts.lm_cfg, job_cfg, opts.task_cfg.eval_batch_size)
-    job = task_job(opts.spec, opts.task_cfg, job_cfg, opts.train_examples, augment=opts.toolbox.augment)
+        return lm_job(opts.spec, opts.lm_cfg, opts.forgetting, job_cfg, opts.task_cfg.eval_batch_size)
+    job = task_job(opts.spec, opts.task_cfg, job_cfg, opts.train_examples, augment=opts.toolbox.augment,
+                   forgetting=opts.forgetting)
+    if job.previous is not None and opts.forgetting.rehearsal_data and world_size > 1:
+        raise CharformerError("rehearsal of an earlier classifier runs in one process (not under torchrun)")
     return cloze_job(job, opts.toolbox, opts.spec.task) if opts.cloze else job
 
 
@@ -266,7 +286,8 @@ def _headline(task: str, scores: dict) -> str:
 
 
 def print_report(task: str, results: dict) -> None:
-    names = [n for n in ("dev", "test", "original") if f"{n}_after" in results] if task == "lm" else ["test"]
+    names = [n for n in ("dev", "test", "original") if f"{n}_after" in results] if task == "lm" else \
+        [n for n in ("test", "original") if f"{n}_after" in results]
     for name in names:
         print(f"\n{name} before fine-tuning: {_headline(task, results[f'{name}_before'])}")
         print(f"{name} after fine-tuning:  {_headline(task, results[f'{name}_after'])}")
@@ -283,6 +304,10 @@ def print_report(task: str, results: dict) -> None:
             print(f"  {span_type or '(untyped)':<12} f1 {s['f1']:.4f}  precision {s['precision']:.4f}  "
                   f"recall {s['recall']:.4f}  gold {s['gold']}")
     elif task == "classify":
+        if "original_after" in results:
+            change = results["original_after"]["accuracy"] - results["original_before"]["accuracy"]
+            print(f"forgetting: {100 * change:+.2f} accuracy points on the earlier task "
+                  f"({results['previous_task']['init']})")
         labels, matrix = after["confusion"]["labels"], after["confusion"]["matrix"]
         width = max(len(str(x)) for x in [*labels, *(n for row in matrix for n in row)]) + 2
         print("  confusion (rows gold, columns predicted):")

@@ -46,6 +46,7 @@ BENCHMARKS = {
     "stream_memory": "peak memory of the streaming segmenter on 4 MB vs 40 MB of input",
     "toolbox": "few-shot classification: a head against cloze (PET) from a task-adaptively pretrained masked LM",
     "toolbox_methods": "the fine-tuning toolbox method by method, and a combination, against plain fine-tuning",
+    "continual": "two classification tasks in sequence: the first task's accuracy after the second, plain/EWC/rehearsal",
     "multi_criteria": "one segmenter for four standards against four single-standard ones, same size and budget",
 }
 

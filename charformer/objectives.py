@@ -44,6 +44,19 @@ def lm_scores(model, tokens: np.ndarray, *, block_size: int, batch_size: int,
     return {"loss": loss, "bpc": loss / LN2, "chars": count}
 
 
+def rehearsal_rows(share: float, batch_size: int) -> int:
+    """Rows of a batch of `batch_size` given to the rehearsed (original) data: ``round(share x batch_size)``,
+    at least one and at most ``batch_size - 1``; 0 for share 0. Raises ValueError for a share outside [0, 1)
+    or, with a share, a batch of one row."""
+    if not 0 <= share < 1:
+        raise ValueError(f"rehearsal_share must be in [0, 1), got {share}")
+    if share == 0:
+        return 0
+    if batch_size < 2:
+        raise ValueError("rehearsal needs batch_size >= 2 (one row of the new data, one of the old)")
+    return min(max(round(share * batch_size), 1), batch_size - 1)
+
+
 class CausalLM:
     """Next-character prediction on random windows of `train_tokens`; evaluation on `val_tokens`.
 
@@ -61,16 +74,11 @@ class CausalLM:
     def __init__(self, train_tokens: np.ndarray, val_tokens: np.ndarray, vocab: CharVocab, *, block_size: int,
                  batch_size: int, eval_batches: int = 20, sample_prompt: str = "\n", sample_chars: int = 200,
                  rehearsal_tokens: np.ndarray | None = None, rehearsal_share: float = 0.0):
-        if not 0 <= rehearsal_share < 1:
-            raise ValueError(f"rehearsal_share must be in [0, 1), got {rehearsal_share}")
         self.train_tokens, self.val_tokens, self.vocab = train_tokens, val_tokens, vocab
         self.block_size, self.batch_size, self.eval_batches = block_size, batch_size, eval_batches
         self.sample_prompt, self.sample_chars = sample_prompt, sample_chars
-        self.rehearsal_tokens, self.rehearsal_rows = rehearsal_tokens, 0
-        if rehearsal_tokens is not None and rehearsal_share > 0:
-            if batch_size < 2:
-                raise ValueError("rehearsal needs batch_size >= 2 (one row of new text, one of the old)")
-            self.rehearsal_rows = min(max(round(rehearsal_share * batch_size), 1), batch_size - 1)
+        self.rehearsal_tokens = rehearsal_tokens
+        self.rehearsal_rows = rehearsal_rows(rehearsal_share if rehearsal_tokens is not None else 0.0, batch_size)
 
     def batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and next-character targets, each ``(batch_size, block_size)`` int64 (rehearsal rows last)."""

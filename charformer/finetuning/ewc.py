@@ -14,8 +14,9 @@ cost, and lambda absorbs the overall scale).
 What task A is: for ``--task lm``, the original corpus of the language model (``--ewc-data``, for example the
 text given to --rehearsal-data), scored with its next-character loss; for cws, ner and classify, the
 pretraining objective of the body (next-character or masked-character, whichever it was trained with) on
-``--ewc-data`` text, so fine-tuning keeps what pretraining taught. theta* are the weights at the start of
-fine-tuning.
+``--ewc-data`` text, so fine-tuning keeps what pretraining taught; for classify from a fine-tuned classifier,
+that classifier's task: its cross-entropy on its labelled training file, through its own head
+(`charformer.finetuning.continual`). theta* are the weights at the start of fine-tuning.
 """
 
 from __future__ import annotations

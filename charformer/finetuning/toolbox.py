@@ -23,6 +23,7 @@ from ..peft.training import _Penalised
 from ..tasks.checkpoint import load_task_checkpoint, save_task_checkpoint
 from .adversarial import Adversarial
 from .averaging import EMA, Averaged, LastCheckpoints, swapped, trainable
+from .continual import previous_task_losses
 from .cloze import ClozeClassifier, ClozeHead, encode_pattern, read_verbalizers
 from .distill import Distill, check_teacher, vocab_map
 from .ewc import EWCPenalty, fisher_diagonal, lm_batch_losses
@@ -43,8 +44,9 @@ class ToolboxConfig:
     augment: str = option("", "augmentations added to the training set, comma-separated: classify delete, swap, "
                            "insert, mix; ner entity; cws concat, split")
     ewc: float = option(0.0, "EWC: lambda of the penalty lambda/2 x sum F (theta - theta*)^2 (needs --ewc-data)")
-    ewc_data: str = option("", "EWC: text of the earlier task, for its Fisher information (lm: the original "
-                            "corpus; cws, ner, classify: pretraining text of the body)")
+    ewc_data: str = option("", "EWC: data of the earlier task, for its Fisher information (lm: the original "
+                            "corpus; cws, ner, classify: pretraining text of the body; classify from a fine-tuned "
+                            "classifier: that classifier's labelled training file)")
     ewc_batches: int = option(20, "EWC: batches of --ewc-data that estimate the Fisher information")
     pattern: str = option("", "--method cloze: the text's frame, one {text} and one [MASK], e.g. {text}总之很[MASK]。")
     verbalizers: str = option("", "--method cloze: file of LABEL<TAB>VERBALISER lines, one per label")
@@ -129,14 +131,9 @@ class Toolbox:
             self.averager = LastCheckpoints(params, cfg.average_last)
         self.ewc = None
         if cfg.ewc:
-            tokens = encode_array(job.vocab, read_corpus([cfg.ewc_data]))
-            if len(tokens) < job.body.cfg.block_size + 1:
-                raise CharformerError(f"{cfg.ewc_data}: {len(tokens)} characters, fewer than one block of "
-                                      f"{job.body.cfg.block_size + 1}")
             was_training = job.model.training
             job.model.eval()  # the Fisher information of the model as it is, without dropout
-            fisher = fisher_diagonal(params, lm_batch_losses(job.body, tokens, n_batches=cfg.ewc_batches,
-                                                             batch_size=batch_size, seed=seed))
+            fisher = fisher_diagonal(params, ewc_losses(job, cfg, batch_size=batch_size, seed=seed))
             job.model.train(was_training)
             self.ewc = EWCPenalty(params, fisher, cfg.ewc)
         self.teacher = load_teacher(job, cfg.distill_from) if cfg.distill_from else None
@@ -184,6 +181,22 @@ class Toolbox:
     def summary(self) -> dict:
         """results.json: every toolbox option, as used."""
         return {"toolbox": asdict(self.cfg)}
+
+
+def ewc_losses(job, cfg: ToolboxConfig, *, batch_size: int, seed: int):
+    """The batch losses whose squared gradients estimate EWC's Fisher information: for classify from a
+    fine-tuned classifier, the earlier task's cross-entropy on --ewc-data (its labelled training file) through its
+    head (`charformer.finetuning.continual`); otherwise the body's own language-model loss on --ewc-data text.
+    Raises CharformerError for text shorter than one block."""
+    if job.previous is not None:
+        objective = job.previous.objective(cfg.ewc_data, job.vocab, block_size=job.body.cfg.block_size,
+                                           batch_size=batch_size, eval_batch_size=batch_size)
+        return previous_task_losses(job.previous, job.body, objective, n_batches=cfg.ewc_batches, seed=seed)
+    tokens = encode_array(job.vocab, read_corpus([cfg.ewc_data]))
+    if len(tokens) < job.body.cfg.block_size + 1:
+        raise CharformerError(f"{cfg.ewc_data}: {len(tokens)} characters, fewer than one block of "
+                              f"{job.body.cfg.block_size + 1}")
+    return lm_batch_losses(job.body, tokens, n_batches=cfg.ewc_batches, batch_size=batch_size, seed=seed)
 
 
 def load_teacher(job, path: str):

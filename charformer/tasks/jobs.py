@@ -29,13 +29,14 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from ..checkpoint import load_weights, resolve, save_checkpoint
+from ..checkpoint import load_weights, read_meta, resolve, save_checkpoint
 from ..cli import option
 from ..data import encode_array, read_corpus
 from ..errors import CharformerError
 from ..finetuning.augment import augment as augment_examples
+from ..finetuning.continual import PreviousTask, Rehearsal, is_task_checkpoint, load_previous_task
 from ..model import CharTransformer, ModelConfig
-from ..objectives import CausalLM, lm_scores, sample_text
+from ..objectives import CausalLM, lm_scores, rehearsal_rows, sample_text
 from ..peft import load_adapted_checkpoint
 from ..peft.common import RUNTIME_FIELDS
 from ..train import TrainConfig
@@ -86,20 +87,31 @@ class TaskConfig:
 
 
 @dataclass
-class LMConfig:
-    """--task lm: what the forgetting is measured on, rehearsal, and the samples shown at each evaluation."""
+class ForgettingConfig:
+    """What forgetting is measured on, and rehearsal: for --task lm the original corpus of the language model;
+    for --task classify from a fine-tuned classifier (--init), that earlier task (`charformer.finetuning.continual`)."""
 
-    original_val: str = option("", "the base's pretraining validation text: its bits/char before and after "
-                                "measure forgetting (empty: not measured)")
-    rehearsal_data: str = option("", "text of the original corpus to rehearse (empty: no rehearsal)")
+    original_val: str = option("", "what forgetting is measured on, before and after -- lm: the base's pretraining "
+                                "validation text (bits/char); classify after a classifier: the earlier task's "
+                                "labelled test file (accuracy with its head). Empty: not measured")
+    rehearsal_data: str = option("", "lm: text of the original corpus to rehearse; classify after a classifier: the "
+                                  "earlier task's labelled training file (empty: no rehearsal)")
     rehearsal_share: float = option(0.25, "share of every batch drawn from --rehearsal-data")
+
+    def __post_init__(self):
+        if not 0 <= self.rehearsal_share < 1:
+            raise ValueError(f"rehearsal_share must be in [0, 1), got {self.rehearsal_share}")
+
+
+@dataclass
+class LMConfig:
+    """--task lm: the samples shown at each evaluation, and how much dev text it scores."""
+
     eval_batches: int = option(20, "batches of dev text per periodic evaluation (0: all of it)")
     sample_prompt: str = option("\n", "prompt of the sample printed at each evaluation")
     sample_chars: int = option(200, "characters sampled at each evaluation")
 
     def __post_init__(self):
-        if not 0 <= self.rehearsal_share < 1:
-            raise ValueError(f"rehearsal_share must be in [0, 1), got {self.rehearsal_share}")
         if self.eval_batches < 0 or self.sample_chars < 0:
             raise ValueError("need eval_batches >= 0 and sample_chars >= 0")
 
@@ -134,17 +146,20 @@ class Job:
     load_best: Callable[[Path, torch.device], nn.Module]  # OUT/best (checkpoint or adapter) -> model
     score: Callable[[nn.Module], dict]  # model -> {"test": metrics, ...}, recorded as <name>_before/_after
     results: dict = field(default_factory=dict)  # more results.json entries
+    previous: PreviousTask | None = None  # classify from a fine-tuned classifier: the earlier task
 
 
-def model_config(init: str, options: dict[str, Any]) -> tuple[ModelConfig, CharVocab | None]:
+def model_config(init: str, options: dict[str, Any], *,
+                 fine_tuned: bool = False) -> tuple[ModelConfig, CharVocab | None]:
     """The encoder's config (and, for a checkpoint, its vocabulary; None when building from scratch), from
-    the model `options` given. Raises CharformerError for options a checkpoint's architecture fixes."""
+    the model `options` given; `fine_tuned`: `init` is a task checkpoint (its body's). Raises CharformerError
+    for options a checkpoint's architecture fixes, or a task checkpoint when not `fine_tuned`."""
     if init == "scratch":
         try:  # an encoder reads the whole sentence: bidirectional unless told otherwise
             return ModelConfig(**{"causal": False, **options, "vocab_size": 1}), None
         except (TypeError, ValueError) as e:
             raise CharformerError(str(e)) from None
-    cfg, vocab = pretrained_config(init)
+    cfg, vocab = read_meta(init)[1:] if fine_tuned else pretrained_config(init)
     fixed = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_FIELDS}
     clashes = [f"--{k.replace('_', '-')} {options[k]} (checkpoint: {v})" for k, v in fixed.items()
                if k in options and options[k] != v]
@@ -212,12 +227,22 @@ def read_corpora(spec: JobSpec, cfg: TaskConfig) -> dict[str | None, dict[str, l
 
 
 def task_job(spec: JobSpec, cfg: TaskConfig, train_cfg: TrainConfig, train_examples: int | None,
-             augment: str = "") -> Job:
+             augment: str = "", forgetting: ForgettingConfig | None = None) -> Job:
     """cws, ner or classify: read the files, build encoder + head (from --init or from scratch); for cws with
-    several standards, one multi-criteria segmenter (`charformer.tasks.criteria`).
+    several standards, one multi-criteria segmenter (`charformer.tasks.criteria`); for classify from a
+    fine-tuned classifier, its body, with the earlier task scored and rehearsed as `forgetting` says
+    (`charformer.finetuning.continual`).
     train_examples: train on a random subset of this many training examples (seeded by the training seed; per
     standard). augment: comma-separated augmentations added to that training set
     (`charformer.finetuning.augment`; within each standard)."""
+    forgetting = forgetting or ForgettingConfig()
+    previous, start = None, None
+    if spec.task == "classify" and is_task_checkpoint(spec.init):
+        reading = {"label_column": cfg.label_column, "text_column": cfg.text_column, "delimiter": cfg.delimiter}
+        previous, start = load_previous_task(spec.init, reading)
+    elif forgetting.original_val or forgetting.rehearsal_data:
+        raise CharformerError("--original-val and --rehearsal-data are for --task lm, or --task classify from a "
+                              "fine-tuned classifier (--init CHECKPOINT of finetune.py)")
     corpora = read_corpora(spec, cfg)
     standards = [name for name in corpora if name is not None]
     for data in corpora.values():
@@ -231,7 +256,7 @@ def task_job(spec: JobSpec, cfg: TaskConfig, train_cfg: TrainConfig, train_examp
     def by_standard(split: str) -> list | dict[str, list]:
         return {name: corpora[name][split] for name in standards} if standards else corpora[None][split]
 
-    body_cfg, vocab = model_config(spec.init, spec.model_options)
+    body_cfg, vocab = model_config(spec.init, spec.model_options, fine_tuned=previous is not None)
     if vocab is None:
         vocab = CharVocab.build(x.text for x in joined("train"))
         body_cfg = ModelConfig.from_dict({**body_cfg.to_dict(), "vocab_size": len(vocab)})
@@ -246,7 +271,13 @@ def task_job(spec: JobSpec, cfg: TaskConfig, train_cfg: TrainConfig, train_examp
             augmented = {k: augmented.get(k, 0) + n for k, n in made.items()}
     sizes = {"block_size": body_cfg.block_size, "batch_size": train_cfg.batch_size, "eval_batch_size": cfg.eval_batch_size}
     if spec.task == "classify":
-        objective = ClassificationObjective(task, by_standard("train"), by_standard("dev"), vocab, **sizes)
+        old_rows = rehearsal_rows(forgetting.rehearsal_share if forgetting.rehearsal_data else 0.0,
+                                  train_cfg.batch_size)
+        objective = ClassificationObjective(task, by_standard("train"), by_standard("dev"), vocab,
+                                            **{**sizes, "batch_size": train_cfg.batch_size - old_rows})
+        if old_rows:
+            old = previous.objective(forgetting.rehearsal_data, vocab, **{**sizes, "batch_size": old_rows})
+            objective = Rehearsal(objective, old, previous)
     else:
         words = {name: {w for s in data["train"] for w in spans_to_words(s.text, s.spans)}
                  for name, data in corpora.items()} if spec.task == "cws" else {}
@@ -262,8 +293,11 @@ def task_job(spec: JobSpec, cfg: TaskConfig, train_cfg: TrainConfig, train_examp
     torch.manual_seed(train_cfg.seed)
     model = build_task_model(body_cfg, task)
     base_dir = None if spec.init == "scratch" else resolve(spec.init)
-    if base_dir is not None:
+    if start is not None:
+        model.body.load_state_dict(start.body.state_dict())
+    elif base_dir is not None:
         load_weights(model.body, base_dir)
+    original = previous.documents(forgetting.original_val) if previous and forgetting.original_val else None
 
     def save_full(path, extra, trainer_state, trainer_tensors, weights):
         save_task_checkpoint(path, model, vocab, task, extra=extra, trainer_state=trainer_state,
@@ -273,8 +307,12 @@ def task_job(spec: JobSpec, cfg: TaskConfig, train_cfg: TrainConfig, train_examp
     def score(m):
         m.eval()  # a multi-criteria model is also scored on dev: per-standard F1 for results.json
         return {"test": objective.score(m, by_standard("test")),
-                **({"dev": objective.score(m, by_standard("dev"))} if standards else {})}
+                **({"dev": objective.score(m, by_standard("dev"))} if standards else {}),
+                **({"original": objective.score(previous.model(m.body), original)} if original else {})}
 
+    earlier = {"previous_task": {"init": previous.path, "labels": previous.task["labels"],
+                                 "rehearsal_rows_per_batch": old_rows},
+               "forgetting_options": asdict(forgetting)} if previous else {}
     mixing = {"standards": {name: {"train_examples": len(corpora[name]["train"]), "share": share} for name, share
                             in zip(standards, objective.shares)}} if standards else {}
     return Job(model=model, body=model.body, vocab=vocab, objective=objective, n_train=objective.n_train,
@@ -283,7 +321,7 @@ def task_job(spec: JobSpec, cfg: TaskConfig, train_cfg: TrainConfig, train_examp
                load_best=lambda path, device: load_task_checkpoint(path, device)[0], score=score,
                results={"train_examples": len(joined("train")), "augmented_examples": augmented,
                         "train_pieces": objective.n_train, "head": task, **mixing,
-                        "task_options": asdict(cfg)})
+                        "task_options": asdict(cfg), **earlier}, previous=previous)
 
 
 # ---------------------------------------------------------------------------------------------- lm
@@ -299,7 +337,8 @@ def _coverage(vocab: CharVocab, name: str, text: str) -> dict:
     return {"coverage": share, "unseen_distinct": len(unseen)}
 
 
-def lm_job(spec: JobSpec, cfg: LMConfig, train_cfg: TrainConfig, eval_batch_size: int) -> Job:
+def lm_job(spec: JobSpec, cfg: LMConfig, forgetting: ForgettingConfig, train_cfg: TrainConfig,
+           eval_batch_size: int) -> Job:
     """Continue training the causal LM of --init on --train, evaluating on --dev (see the module docstring)."""
     if spec.init == "scratch":
         raise CharformerError("--task lm continues a pretrained causal LM: give --init DIR (pretrain.py --out); "
@@ -308,8 +347,8 @@ def lm_job(spec: JobSpec, cfg: LMConfig, train_cfg: TrainConfig, eval_batch_size
     if not model_cfg.causal:
         raise CharformerError(f"--init {spec.init}: a bidirectional (masked-LM) model; --task lm continues a causal "
                               "one (pretrain.py --objective clm)")
-    paths = {"train": spec.train, "dev": spec.dev, "test": spec.test, "original": cfg.original_val,
-             "rehearsal": cfg.rehearsal_data}
+    paths = {"train": spec.train, "dev": spec.dev, "test": spec.test, "original": forgetting.original_val,
+             "rehearsal": forgetting.rehearsal_data}
     texts = {name: read_corpus([path]) for name, path in paths.items() if path}
     coverage = {name: _coverage(vocab, name, text) for name, text in texts.items()}
     tokens = {name: encode_array(vocab, text) for name, text in texts.items()}
@@ -321,7 +360,7 @@ def lm_job(spec: JobSpec, cfg: LMConfig, train_cfg: TrainConfig, eval_batch_size
                                   f"(block_size {block})")
     objective = CausalLM(tokens["train"], tokens["dev"], vocab, block_size=block, batch_size=train_cfg.batch_size,
                          eval_batches=cfg.eval_batches, sample_prompt=cfg.sample_prompt, sample_chars=cfg.sample_chars,
-                         rehearsal_tokens=tokens.get("rehearsal"), rehearsal_share=cfg.rehearsal_share)
+                         rehearsal_tokens=tokens.get("rehearsal"), rehearsal_share=forgetting.rehearsal_share)
     torch.manual_seed(train_cfg.seed)
     model = CharTransformer(model_cfg)
     base_dir = resolve(spec.init)
@@ -348,4 +387,5 @@ def lm_job(spec: JobSpec, cfg: LMConfig, train_cfg: TrainConfig, eval_batch_size
                heads={}, head_params=("tok_emb.",), lr_scale=None, save_full=save_full,
                load_best=lambda path, device: load_adapted_checkpoint(path, device)[0], score=score,
                results={"coverage": coverage, "train_chars": len(texts["train"]),
-                        "rehearsal_rows_per_batch": objective.rehearsal_rows, "lm_options": asdict(cfg)})
+                        "rehearsal_rows_per_batch": objective.rehearsal_rows, "lm_options": asdict(cfg),
+                        "forgetting_options": asdict(forgetting)})

@@ -171,11 +171,18 @@ class ClassificationObjective:
     def n_train(self) -> int:
         return len(self.train_ids)
 
+    def draw(self, generator: torch.Generator, n: int) -> tuple[list[list[int]], list[int]]:
+        """`n` training texts drawn uniformly with replacement: their character ids and label indices."""
+        if not self.train_ids:
+            raise CharformerError("no training text to draw from")
+        picks = torch.randint(len(self.train_ids), (n,), generator=generator).tolist()
+        return [self.train_ids[i] for i in picks], [self.train_labels[i] for i in picks]
+
     def batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """ids ``(D, N, T)``, lengths ``(D, N)``, labels ``(D,)``: see `chunk_batch`."""
-        picks = torch.randint(len(self.train_ids), (self.batch_size,), generator=generator).tolist()
-        ids, lengths = chunk_batch([self.train_ids[i] for i in picks], self.block_size)
-        return ids, lengths, torch.tensor([self.train_labels[i] for i in picks])
+        texts, labels = self.draw(generator, self.batch_size)
+        ids, lengths = chunk_batch(texts, self.block_size)
+        return ids, lengths, torch.tensor(labels)
 
     def loss(self, model, batch) -> tuple[torch.Tensor, int]:
         ids, lengths, labels = batch

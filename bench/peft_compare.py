@@ -20,7 +20,8 @@ All methods train with the same schedule and learning rate (finetune.py's defaul
 says otherwise): a same-budget comparison, not each method at its own best learning rate. lm runs the base on
 new text (default: 红楼梦, a different novel than the base's 西游记), measures forgetting on the base's
 validation split, and adds one run of full fine-tuning with rehearsal (--rehearsal-share of each batch from the
-base's training text).
+base's training text) and one per --ewc lambda with elastic weight consolidation (its Fisher information from
+the base's next-character loss on that text).
 
 Label efficiency: the test metric against the number of training examples (--curve-sizes, plus all), for full
 fine-tuning from the pretrained encoder and from scratch (the same architecture, random weights, a vocabulary
@@ -91,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="sequences per step (every run)")
     p.add_argument("--rehearsal-share", type=float, default=0.25, help="lm: the extra full run with this share of "
                    "each batch from the base's text (0: no such run)")
+    p.add_argument("--ewc", default="", help="lm: comma-separated EWC lambdas, an extra full run for each, the Fisher "
+                   "information from the base's training text (empty: none)")
     p.add_argument("--curve-sizes", default="100,1000,10000", help="training-set sizes of the label-efficiency "
                    "curve, besides all (empty: no curve)")
     p.add_argument("--curve-min-steps", type=int, default=200, help="fewest steps of a curve run")
@@ -286,6 +289,17 @@ def plot_curve(points: list[dict], png: Path) -> None:
     plt.close(fig)
 
 
+def against_forgetting(args, files: dict) -> list[tuple[str, str, list[str]]]:
+    """lm's extra full runs: (row label, run name, finetune.py flags) for rehearsal and for each EWC lambda, both
+    on the base's training text."""
+    original = str(files["lm"]["rehearsal"])
+    runs = [(f"full + rehearsal {args.rehearsal_share:g}", "lm_full_rehearsal",
+             ["--rehearsal-data", original, "--rehearsal-share", str(args.rehearsal_share)])] \
+        if args.rehearsal_share > 0 else []
+    return runs + [(f"full + EWC {lam}", f"lm_full_ewc{lam}", ["--ewc", lam, "--ewc-data", original])
+                   for lam in args.ewc.split(",") if lam]
+
+
 def main(argv: list[str] | None = None) -> int:
     t_start = time.time()
     args = build_parser().parse_args(argv)
@@ -316,12 +330,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row(task, method, r))
             if method == "full":
                 full_runs[task] = r
-        if task == "lm" and args.rehearsal_share > 0 and "full" in methods:
-            rehearsal = ["--rehearsal-data", str(files["lm"]["rehearsal"]),
-                         "--rehearsal-share", str(args.rehearsal_share)]
-            r = finetune_run(out, "lm_full_rehearsal", [*task_args(task, files, base), "--method", "full", *rehearsal,
-                                                         *common, *length_args(args, task)], args.rerun)
-            rows.append(row(task, f"full + rehearsal {args.rehearsal_share:g}", r))
+        for label, name, flags in (against_forgetting(args, files) if task == "lm" and "full" in methods else ()):
+            r = finetune_run(out, name, [*task_args(task, files, base), "--method", "full", *flags, *common,
+                                         *length_args(args, task)], args.rerun)
+            rows.append(row(task, label, r))
     points = []
     if args.curve_sizes and "full" in methods and {"cws", "classify"} & set(args.tasks):
         print("label efficiency:")

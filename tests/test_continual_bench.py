@@ -1,11 +1,12 @@
 """bench.continual on tiny data: task B's files are the corpora's first sentences, words joined; task A is learned
-once; every row learns B from A's checkpoint with its own flags and reads A's test set before and after."""
+once; every row learns B from A's checkpoint with its own flags and reads A's test set before and after. And
+bench.peft_compare's rows against forgetting of a language model (rehearsal, EWC) on its quick setting."""
 
 import json
 import random
 
 import pretrain
-from bench import continual
+from bench import continual, peft_compare
 from charformer.tasks.readers import read_cws, read_labeled
 from tests.helpers import cls_text, cws_text
 from tests.test_finetune_cli import TINY
@@ -46,3 +47,21 @@ def test_rows_learn_b_from_a_and_score_a_before_and_after(tmp_path, monkeypatch)
         assert r["b_test_accuracy"] == ran["test_after"]["accuracy"]
         assert ran["toolbox"]["ewc"] == (1000.0 if "ewc" in run else 0.0)
         assert ran["previous_task"]["rehearsal_rows_per_batch"] == (1 if "rehearsal" in run else 0)
+
+
+def test_peft_compare_adds_rehearsal_and_ewc_rows_for_the_language_model(tmp_path):
+    out = tmp_path / "pc"
+    rng, data = random.Random(1), tmp_path / "data"
+    for folder, ext, make in (("cws/ctb6", "txt", cws_text), ("sentiment/chnsenticorp", "tsv", cls_text)):
+        (data / folder).mkdir(parents=True)
+        for split in ("train", "dev", "test"):
+            (data / folder / f"{split}.{ext}").write_text(make(rng, 20), encoding="utf-8")
+    (data / "zh_text").mkdir()
+    (data / "zh_text" / "hongloumeng.txt").write_text(cws_text(rng, 400).replace(" ", ""), encoding="utf-8")
+    assert peft_compare.main(["--quick", "--tasks", "lm", "--methods", "full", "--ewc", "1e3,1e5", "--data-dir",
+                              str(tmp_path / "data"), "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["full", "full + rehearsal 0.25", "full + EWC 1e3", "full + EWC 1e5"]
+    for name, lam in (("lm_full_ewc1e3", 1e3), ("lm_full_ewc1e5", 1e5)):
+        ran = json.loads((out / "runs" / name / "results.json").read_text())
+        assert ran["toolbox"]["ewc"] == lam and ran["toolbox"]["ewc_data"].endswith("rehearsal.txt")

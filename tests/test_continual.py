@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import finetune
+import pretrain
 from charformer.errors import CharformerError
 from charformer.finetuning.continual import PreviousTask, Rehearsal, load_previous_task, previous_task_losses
 from charformer.finetuning.ewc import fisher_diagonal
@@ -154,3 +155,12 @@ def test_continuing_a_classifier_errors(earlier, tmp_path):
                        files["b", "test"], "--init", str(a / "best"), "--out", str(tmp_path / "x4")])
     with pytest.raises(CharformerError, match="--rehearsal-share needs --rehearsal-data"):
         _second(files, a, tmp_path / "x5", "--rehearsal-share", "0.5")
+    raw, mlm, lora = tmp_path / "raw.txt", tmp_path / "mlm", tmp_path / "lora"
+    raw.write_text("房间很好喜欢干净很差讨厌失望。\n" * 20, encoding="utf-8")
+    assert pretrain.main(["--data", str(raw), "--out", str(mlm), "--objective", "mlm", "--max-steps", "2",
+                          *TINY[:10]]) == 0
+    assert finetune.main(["--task", "classify", "--train", files["classify", "train"], "--dev", files["classify", "dev"],
+                          "--test", files["classify", "test"], "--init", str(mlm), "--out", str(lora), *TINY[6:],
+                          "--max-steps", "2", "--method", "lora"]) == 0
+    with pytest.raises(CharformerError, match="an adapter; learning a task after another starts from a complete"):
+        _second(files, lora, tmp_path / "x6")  # an adapter holds no whole body to continue

@@ -20,13 +20,13 @@ The remedies, each optional:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 
 from ..checkpoint import read_meta
 from ..errors import CharformerError
+from ..peft import find_adapter
 from ..tasks.checkpoint import load_task_checkpoint
 from ..tasks.heads import Classifier, SequenceClassificationHead
 from ..tasks.objectives import ClassificationObjective
@@ -36,9 +36,9 @@ from ..vocab import CharVocab
 
 
 def is_task_checkpoint(path: str) -> bool:
-    """Whether `path` is a fine-tuned task checkpoint (not a pretrained one, not "scratch"). Raises
-    CharformerError for a directory that is no checkpoint."""
-    return path != "scratch" and "task" in read_meta(path)[0]
+    """Whether `path` is a fine-tuned task checkpoint or adapter (not a pretrained checkpoint, not "scratch").
+    Raises CharformerError for a directory that holds neither."""
+    return path != "scratch" and (find_adapter(path) is not None or "task" in read_meta(path)[0])
 
 
 @dataclass
@@ -75,7 +75,7 @@ class PreviousTask:
 def load_previous_task(path: str, reading: dict) -> tuple[PreviousTask, Classifier]:
     """The fine-tuned classifier at `path`: the `PreviousTask` (its head, frozen) and the whole model (whose body
     the new run starts from). Raises CharformerError for a tagger, a cloze classifier or an adapter."""
-    if (Path(path) / "adapter.json").is_file():
+    if find_adapter(path) is not None:
         raise CharformerError(f"--init {path}: an adapter; learning a task after another starts from a complete "
                               "classifier checkpoint (finetune.py --method full)")
     model, _, task = load_task_checkpoint(path)

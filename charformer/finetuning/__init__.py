@@ -8,6 +8,7 @@ pretrained model, and against forgetting, each in its own module with its paper:
     cloze.py         few-shot classification by cloze patterns and verbalisers (PET, Schick & Schütze 2021);
                      zero-shot use of the same (python -m charformer.zeroshot)
     ewc.py           elastic weight consolidation (Kirkpatrick et al. 2017)
+    continual.py     classification tasks learned one after another: the earlier head kept, rehearsal, EWC
     distill.py       knowledge distillation of a tagger into a smaller or shortened student (Hinton et al. 2015)
     toolbox.py       their options and how finetune.py puts them around the objective of `charformer.train.fit`
 

@@ -16,7 +16,8 @@ is measured as bits/char on the pretraining validation text before and after (``
 (Robins 1995) keeps a share of every batch on the original corpus (``--rehearsal-data``,
 ``--rehearsal-share``). The vocabulary stays the base's, so that the embedding, the output layer and any
 adapter keep their meaning: a character of the new text that the base never saw reads as [UNK], and the
-coverage of every text is reported.
+coverage of every text is reported. The same options serve a classifier that continues a fine-tuned one (an
+earlier task, kept as a frozen head): `charformer.finetuning.continual`.
 """
 
 from __future__ import annotations

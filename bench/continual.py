@@ -23,12 +23,11 @@ forgetting, B's test and dev accuracy, seconds, each row's flags, the command); 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-from bench import data_dir
+from bench import data_dir, write_json_results
 from bench.toolbox_methods import finetune_run
 from charformer.errors import run_cli
 from charformer.tasks.readers import read_cws
@@ -122,10 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                "a_after_a": {"test_accuracy": first["test_after"]["accuracy"],
                              "dev_accuracy": first["dev_best_accuracy"]},
                "rows": rows, "wall_seconds": round(time.time() - t0, 1)}
-    text = json.dumps(results, indent=2, ensure_ascii=False) + "\n"
-    (out / "results.json").write_text(text)
-    if args.results:
-        Path(args.results).write_text(text)
+    write_json_results(results, out, args.results)
     print(f"task A after A: test accuracy {100 * first['test_after']['accuracy']:.2f}")
     for r in rows:
         print(f"{r['method']:<28} A test {100 * r['a_test_accuracy_after']:.2f} (forgetting "

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import finetune
 import pretrain
-from bench import data_dir
+from bench import data_dir, write_json_results
 from charformer.errors import CharformerError, run_cli
 from charformer.tasks.readers import read_labeled
 
@@ -135,10 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                "pretrained": pretrained,
                "pattern": args.pattern, "verbalizers": {"0": "差", "1": "好"}, "summary": summary, "runs": runs,
                "wall_seconds": round(time.time() - t0, 1)}
-    text = json.dumps(results, indent=2, ensure_ascii=False) + "\n"
-    (out / "results.json").write_text(text)
-    if args.results:
-        Path(args.results).write_text(text)
+    write_json_results(results, out, args.results)
     print(json.dumps(summary, indent=2))
     return 0
 

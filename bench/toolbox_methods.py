@@ -36,7 +36,7 @@ import torch
 
 import finetune
 import pretrain
-from bench import data_dir
+from bench import data_dir, write_json_results
 from bench.toolbox import write_reviews
 from charformer.errors import CharformerError, run_cli
 from charformer.finetuning.ensemble import ensemble_label_probs
@@ -192,10 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {"command": " ".join(["python -m bench.toolbox_methods", *(argv if argv is not None else sys.argv[1:])]),
                "task": args.task, "init": args.init, "max_steps": args.max_steps, "batch_size": args.batch_size,
                "rows": rows, "wall_seconds": round(time.time() - t0, 1)}
-    text = json.dumps(results, indent=2, ensure_ascii=False) + "\n"
-    (out / "results.json").write_text(text)
-    if args.results:
-        Path(args.results).write_text(text)
+    write_json_results(results, out, args.results)
     m = METRIC[args.task]
     for r in rows:
         print(f"{r['method']:<24} test {m} {100 * r[f'test_{m}']:.2f}  dev {100 * r[f'dev_{m}']:.2f}  "

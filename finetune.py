@@ -69,7 +69,8 @@ sets in dev_before and dev_after; "standards" at the top level gives each one's 
 the batches); ner: f1, precision,
 recall and per_type; classify: accuracy, macro_f1, per_class_f1, confusion (and, from a fine-tuned
 classifier, original_before/after: the earlier task's scores with its head; previous_task); lm: loss
-(nats/char), bpc, chars, and also dev_before/after, original_before/after, original_bpc_before/after, sample_before/after, coverage.
+(nats/char), bpc, chars, and also dev_before/after, original_before/after, original_bpc_before/after,
+sample_before/after, coverage.
 Then method (cloze for --method cloze), method_options, toolbox (every toolbox option), augmented_examples,
 trainable_params, total_params, trainable_share, adapter_bytes (what best/ takes on disk: for full the whole
 checkpoint), dev_best_<metric>, steps, epochs, train_seconds, seconds_per_epoch,
@@ -89,13 +90,13 @@ from charformer.checkpoint import load_trainer_state, read_meta
 from charformer.cli import add_dataclass_options, build_dataclass, given_fields, parse_with_config
 from charformer.distributed import DistInfo
 from charformer.errors import CharformerError, run_cli
+from charformer.finetuning.continual import is_task_checkpoint
 from charformer.finetuning.toolbox import Toolbox, ToolboxConfig, cloze_job, take_cloze
 from charformer.model import ModelConfig
 from charformer.peft import describe_trainable
 from charformer.peft.training import MethodConfig, Tuning, check_options_apply
 from charformer.run import RunArgs, add_run_options, describe_batch, run_args, start_processes, train, write_results
 from charformer.tasks.criteria import check_same_standards, parse_corpora
-from charformer.finetuning.continual import is_task_checkpoint
 from charformer.tasks.jobs import ForgettingConfig, Job, JobSpec, LMConfig, TaskConfig, lm_job, task_job
 from charformer.tasks.model import TASKS, freeze
 from charformer.train import TrainConfig
@@ -305,9 +306,9 @@ def print_report(task: str, results: dict) -> None:
                   f"recall {s['recall']:.4f}  gold {s['gold']}")
     elif task == "classify":
         if "original_after" in results:
-            change = results["original_after"]["accuracy"] - results["original_before"]["accuracy"]
-            print(f"forgetting: {100 * change:+.2f} accuracy points on the earlier task "
-                  f"({results['previous_task']['init']})")
+            before, after_b = results["original_before"]["accuracy"], results["original_after"]["accuracy"]
+            print(f"the earlier task ({results['previous_task']['init']}): accuracy {before:.2%} -> {after_b:.2%} "
+                  f"({100 * (after_b - before):+.2f} points)")
         labels, matrix = after["confusion"]["labels"], after["confusion"]["matrix"]
         width = max(len(str(x)) for x in [*labels, *(n for row in matrix for n in row)]) + 2
         print("  confusion (rows gold, columns predicted):")

@@ -23,8 +23,8 @@ from ..peft.training import _Penalised
 from ..tasks.checkpoint import load_task_checkpoint, save_task_checkpoint
 from .adversarial import Adversarial
 from .averaging import EMA, Averaged, LastCheckpoints, swapped, trainable
-from .continual import previous_task_losses
 from .cloze import ClozeClassifier, ClozeHead, encode_pattern, read_verbalizers
+from .continual import previous_task_losses
 from .distill import Distill, check_teacher, vocab_map
 from .ewc import EWCPenalty, fisher_diagonal, lm_batch_losses
 from .rdrop import RDrop

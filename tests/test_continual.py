@@ -80,9 +80,9 @@ def test_ewc_fisher_is_the_earlier_tasks_squared_gradient_through_its_head():
         for n, p in params.items():
             if p.grad is not None:
                 by_hand[n] += p.grad ** 2 / 3
-    name = "body.blocks.0.attn.qkv.weight" if "body.blocks.0.attn.qkv.weight" in params else next(
-        n for n in params if n.startswith("body.blocks.0"))
-    assert fisher[name].sum() > 0 and torch.allclose(fisher[name], by_hand[name], rtol=1e-4, atol=1e-10)
+    assert fisher["body.tok_emb.weight"].sum() > 0
+    for n in params:
+        torch.testing.assert_close(fisher[n], by_hand[n], rtol=1e-4, atol=1e-10)
     assert fisher["head.proj.weight"].abs().sum() == 0  # the new task's head plays no part in the old task's loss
 
 
@@ -107,7 +107,8 @@ def earlier(tmp_path_factory):
 def _second(files, a, out, *extra):
     return finetune.main(["--task", "classify", "--train", files["b", "train"], "--dev", files["b", "dev"], "--test",
                           files["b", "test"], "--init", str(a / "best"), "--out", str(out), *TINY[6:],
-                          "--max-steps", "20", "--lr", "1e-2", "--weight-decay", "0", "--original-val", files["classify", "test"], *extra])
+                          "--max-steps", "20", "--lr", "1e-2", "--weight-decay", "0",
+                          "--original-val", files["classify", "test"], *extra])
 
 
 def _earlier_task_loss(a, out, path):
@@ -137,6 +138,7 @@ def test_a_second_task_scores_the_first_with_its_head_and_ewc_holds_the_body(ear
         assert results["previous_task"]["rehearsal_rows_per_batch"] == (2 if name == "rehearsal" else 0)
         assert 0 <= results["original_after"]["accuracy"] <= 1
         losses[name] = _earlier_task_loss(a, out, files["classify", "train"])
+    assert losses["plain"] > 10 * losses["before"]  # plain training on B forgets A
     assert losses["ewc"] < 0.5 * losses["plain"] and losses["rehearsal"] < 0.5 * losses["plain"]
 
 
